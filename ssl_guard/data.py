@@ -1,0 +1,426 @@
+"""Image sources: folders and WebDataset shards, streamed with stable sample ids.
+
+A dataset is a list of *units*: a WebDataset shard, or a fixed-size group of files of an image
+folder. The unit is the granularity of work splitting (DataLoader workers, `torchrun` ranks) and of
+resuming an interrupted scan. Every sample is named by a `SampleId(source, key)`: the shard (or file)
+path relative to the dataset root plus the WebDataset `__key__` (for folders, the file path without
+its extension). Row numbers never name a sample.
+
+Decoding never stops a scan: an undecodable, oversized or image-less sample becomes a `Skipped`
+record with its id and reason, carried alongside the images so that it is counted and reported.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ssl_guard.errors import DataNotFoundError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+LABEL_EXTENSIONS = ("cls", "label", "class")
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_FILES_PER_UNIT = 1_000
+
+# The library enforces its own, explicit limit; PIL's warning-only check would fire first.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True, order=True)
+class SampleId:
+    """A sample's stable name: `source` (shard or file, relative to the root) and `key`."""
+
+    source: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample (or a whole shard) that could not be read, and why."""
+
+    id: SampleId
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One shard, or one group of files of a folder: the unit of splitting and resuming.
+
+    `name` is stable across runs: the shard path relative to the root, or `<dir>#<n>` for the n-th
+    group of files of a folder.
+    """
+
+    name: str
+    kind: str  # "shard" or "files"
+    root: str
+    url: str = ""  # shards: what webdataset opens
+    files: tuple[str, ...] = ()  # files: paths relative to root
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Resolved dataset: its root folder and units, in a deterministic order."""
+
+    root: str
+    units: tuple[Unit, ...]
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving user specs into units
+
+
+def _is_shard(name: str) -> bool:
+    return name.endswith(SHARD_SUFFIXES)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _expand_spec(spec: str) -> list[str]:
+    """A spec as a list of concrete paths or URLs: brace patterns and globs expanded."""
+    from braceexpand import braceexpand
+
+    if "://" in spec or spec.startswith("pipe:"):
+        return list(braceexpand(spec))
+    paths: list[str] = []
+    for expanded in braceexpand(spec):
+        if any(ch in expanded for ch in "*?["):
+            paths.extend(sorted(glob.glob(expanded)))
+        else:
+            paths.append(expanded)
+    return paths
+
+
+def resolve_sources(specs: Sequence[str | os.PathLike], files_per_unit: int = DEFAULT_FILES_PER_UNIT) -> Sources:
+    """Resolve folders, shard files, shard folders and brace patterns into `Sources`.
+
+    The root is the deepest folder containing every input, so that sample ids stay short and do not
+    depend on where the command was run from.
+
+    Raises:
+        DataNotFoundError: a spec that matches nothing on disk.
+    """
+    if not specs:
+        raise DataNotFoundError("no dataset given", "pass an image folder, a .tar shard or a pattern")
+    shards: list[str] = []
+    remote: list[str] = []
+    folders: list[Path] = []
+    loose_files: list[Path] = []
+    for spec in specs:
+        spec = str(spec)
+        expanded = _expand_spec(spec)
+        if not expanded:
+            raise DataNotFoundError(f"{spec} matches no file", "check the path or the brace pattern")
+        for item in expanded:
+            if "://" in item or item.startswith("pipe:"):
+                remote.append(item)
+                continue
+            path = Path(item)
+            if path.is_dir():
+                inner = sorted(p for p in path.rglob("*") if p.is_file() and _is_shard(p.name))
+                if inner:
+                    shards.extend(str(p) for p in inner)
+                else:
+                    folders.append(path)
+            elif path.is_file() and _is_shard(path.name):
+                shards.append(str(path))
+            elif path.is_file() and _is_image(path.name):
+                loose_files.append(path)
+            elif path.exists():
+                raise DataNotFoundError(f"{item} is neither an image folder, an image nor a .tar shard")
+            else:
+                raise DataNotFoundError(f"{item} does not exist", "check the path or the brace pattern")
+
+    local = [Path(s).resolve().parent for s in shards] + [f.resolve() for f in folders]
+    local += [f.resolve().parent for f in loose_files]
+    root = Path(os.path.commonpath([str(p) for p in local])) if local else Path(".").resolve()
+
+    units: list[Unit] = []
+    for shard in sorted(set(shards)):
+        rel = Path(shard).resolve().relative_to(root).as_posix()
+        units.append(Unit(name=rel, kind="shard", root=str(root), url=str(Path(shard).resolve())))
+    for url in remote:
+        units.append(Unit(name=url, kind="shard", root=str(root), url=url))
+    for folder in folders:
+        files = sorted(
+            p.resolve().relative_to(root).as_posix()
+            for p in folder.rglob("*")
+            if p.is_file() and _is_image(p.name)
+        )
+        units.extend(_group_files(folder.resolve().relative_to(root).as_posix(), files, str(root), files_per_unit))
+    if loose_files:
+        files = sorted({f.resolve().relative_to(root).as_posix() for f in loose_files})
+        units.extend(_group_files(".", files, str(root), files_per_unit))
+    return Sources(root=str(root), units=tuple(units))
+
+
+def _group_files(label: str, files: list[str], root: str, per_unit: int) -> list[Unit]:
+    return [
+        Unit(name=f"{label}#{start // per_unit:05d}", kind="files", root=root, files=tuple(files[start : start + per_unit]))
+        for start in range(0, len(files), per_unit)
+    ]
+
+
+def fingerprint_unit(unit: Unit) -> str:
+    """A content fingerprint of a unit: sha256 over its bytes (shards) or its files' names and bytes.
+
+    Remote shards are fingerprinted by URL only, as reading them twice would double the scan's I/O.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    if unit.kind == "shard" and ("://" in unit.url or unit.url.startswith("pipe:")):
+        digest.update(unit.url.encode())
+    elif unit.kind == "shard":
+        _hash_file(unit.url, digest)
+    else:
+        for rel in unit.files:
+            digest.update(rel.encode() + b"\0")
+            _hash_file(os.path.join(unit.root, rel), digest)
+    return digest.hexdigest()[:32]
+
+
+def _hash_file(path: str, digest) -> None:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw samples of one unit
+
+
+@dataclass
+class RawSample:
+    """Undecoded bytes of one sample, or the reason it has none."""
+
+    id: SampleId
+    data: bytes | None
+    label: str | None = None
+    error: str | None = None
+
+
+def _label_of(sample: dict) -> str | None:
+    for ext in LABEL_EXTENSIONS:
+        if ext in sample:
+            value = sample[ext]
+            return value.decode("utf-8", "replace").strip() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def iter_raw_samples(unit: Unit) -> Iterator[RawSample]:
+    """Yield every sample of `unit` as bytes; unreadable ones carry an `error` instead."""
+    if unit.kind == "files":
+        for rel in unit.files:
+            sample_id = SampleId(rel, os.path.splitext(rel)[0])
+            try:
+                with open(os.path.join(unit.root, rel), "rb") as handle:
+                    data = handle.read()
+            except OSError as error:
+                yield RawSample(sample_id, None, error=f"unreadable file: {error.strerror or error}")
+                continue
+            # the class of a folder image is its parent folder's name
+            parent = os.path.basename(os.path.dirname(rel)) or None
+            yield RawSample(sample_id, data, label=parent)
+        return
+    yield from _iter_shard(unit)
+
+
+def _iter_shard(unit: Unit) -> Iterator[RawSample]:
+    from webdataset.tariterators import tarfile_samples
+
+    failures: list[str] = []
+
+    def record(error: Exception) -> bool:
+        failures.append(f"{type(error).__name__}: {error.args[0] if error.args else error}")
+        return True  # keep going; the failure is reported below, never dropped
+
+    for sample in tarfile_samples([{"url": unit.url}], handler=record):
+        key = sample.get("__key__", "")
+        image_ext = next((ext for ext in sample if "." + ext in IMAGE_EXTENSIONS), None)
+        sample_id = SampleId(unit.name, key)
+        if image_ext is None:
+            members = sorted(k for k in sample if not k.startswith("__"))
+            yield RawSample(sample_id, None, error=f"no image member (has: {', '.join(members) or 'nothing'})")
+            continue
+        yield RawSample(sample_id, sample[image_ext], label=_label_of(sample))
+    for failure in failures:
+        yield RawSample(SampleId(unit.name, "*"), None, error=f"shard read error: {failure}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+class DecodeError(ValueError):
+    """An image that cannot be turned into RGB pixels; the message is the user-facing reason."""
+
+
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode image bytes to an upright 8-bit RGB image.
+
+    Handles grayscale, palette (with transparency), alpha (composited on white), CMYK, 16-bit and
+    EXIF orientation. The pixel count is checked from the header before any pixel is decoded, so a
+    decompression bomb costs nothing.
+
+    Raises:
+        DecodeError: unreadable, truncated, or larger than `max_pixels`.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DecodeError(f"oversized image: {width}x{height} pixels exceeds the limit of {max_pixels}")
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except DecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DecodeError(f"undecodable image: {error}") from None
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def to_square_array(image: Image.Image, resolution: int) -> np.ndarray:
+    """Resize the whole image (no crop: a crop could cut a trigger out) to `(3, R, R)` uint8."""
+    resized = image.resize((resolution, resolution), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming batches
+
+
+@dataclass
+class UnitBatch:
+    """A batch of decoded images from one unit.
+
+    `images` is `(B, 3, R, R)` uint8. `last` marks the unit's final batch, which also carries the
+    unit's `skipped` records; a unit always ends with exactly one `last` batch, possibly empty.
+    """
+
+    unit: int
+    ids: list[SampleId]
+    images: np.ndarray
+    labels: list[str | None]
+    skipped: list[Skipped] = field(default_factory=list)
+    last: bool = False
+
+
+def decode_unit(unit: Unit, unit_index: int, resolution: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[UnitBatch]:
+    """Decode one unit into `UnitBatch`es of at most `batch_size` images."""
+    ids: list[SampleId] = []
+    arrays: list[np.ndarray] = []
+    labels: list[str | None] = []
+    skipped: list[Skipped] = []
+
+    def flush(last: bool) -> UnitBatch:
+        stacked = np.stack(arrays) if arrays else np.zeros((0, 3, resolution, resolution), np.uint8)
+        batch = UnitBatch(unit_index, list(ids), stacked, list(labels), list(skipped) if last else [], last)
+        ids.clear(), arrays.clear(), labels.clear()
+        return batch
+
+    for raw in iter_raw_samples(unit):
+        if raw.data is None:
+            skipped.append(Skipped(raw.id, raw.error or "unreadable"))
+            continue
+        try:
+            image = decode_rgb(raw.data, max_pixels)
+        except DecodeError as error:
+            skipped.append(Skipped(raw.id, str(error)))
+            continue
+        ids.append(raw.id)
+        arrays.append(to_square_array(image, resolution))
+        labels.append(raw.label)
+        if len(ids) == batch_size:
+            yield flush(last=False)
+    yield flush(last=True)
+
+
+def select_units(count: int, rank: int, world: int) -> list[int]:
+    """Unit indices owned by `rank` of `world`: a strided split, each unit exactly once."""
+    return list(range(rank, count, world))
+
+
+def _torch_iterable_dataset():
+    import torch.utils.data
+
+    class _UnitStream(torch.utils.data.IterableDataset):
+        """Decodes the given units, split across DataLoader workers by unit."""
+
+        def __init__(self, sources: Sources, unit_indices: list[int], resolution: int, batch_size: int, max_pixels: int):
+            self.sources, self.unit_indices = sources, unit_indices
+            self.resolution, self.batch_size, self.max_pixels = resolution, batch_size, max_pixels
+
+        def __iter__(self) -> Iterator[UnitBatch]:
+            info = torch.utils.data.get_worker_info()
+            mine = self.unit_indices if info is None else self.unit_indices[info.id :: info.num_workers]
+            for index in mine:
+                yield from decode_unit(self.sources.units[index], index, self.resolution, self.batch_size, self.max_pixels)
+
+    return _UnitStream
+
+
+def stream_batches(
+    sources: Sources,
+    resolution: int,
+    batch_size: int = 256,
+    workers: int = 2,
+    unit_indices: Iterable[int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[UnitBatch]:
+    """Decode `sources` (or the chosen units) in DataLoader workers, yielding `UnitBatch`es.
+
+    Memory stays flat: each worker holds at most one batch of one unit, and nothing is gathered.
+    Units are split across workers, so batches of different units interleave; every unit ends with
+    one `last` batch.
+    """
+    import torch.utils.data
+
+    indices = list(range(len(sources))) if unit_indices is None else list(unit_indices)
+    if not indices:
+        return
+    dataset = _torch_iterable_dataset()(sources, indices, resolution, batch_size, max_pixels)
+    workers = min(workers, len(indices))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=lambda batch: batch,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+    )
+    yield from loader

@@ -1,0 +1,66 @@
+"""Errors a user can cause, each with a one-line hint saying what to do next.
+
+The CLI maps every `GuardError` to a single line on stderr and exit code 2; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class GuardError(Exception):
+    """Base class: `message` says what went wrong, `hint` the next action."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = f"error: {self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return " ".join(text.split())
+
+
+class DataNotFoundError(GuardError):
+    """A dataset path, shard or pattern that matches nothing."""
+
+
+class EmptyDatasetError(GuardError):
+    """The sources exist but hold no readable image."""
+
+
+class EncoderError(GuardError):
+    """An encoder spec that cannot be resolved or loaded."""
+
+
+class EncoderNotFoundError(EncoderError):
+    """A Hub id or folder with no encoder in it."""
+
+
+class UnsafeWeightsError(EncoderError):
+    """Weights in a format that could run code when loaded (pickle)."""
+
+
+class ConfigError(GuardError):
+    """An option value outside its allowed range."""
+
+
+class RunDirError(GuardError):
+    """A run folder that exists and was not asked to be resumed, or does not match its inputs."""
+
+
+class ManifestError(GuardError):
+    """A quarantine manifest that is unreadable, of another schema, or stale."""
+
+
+class StaleManifestError(ManifestError):
+    """The data changed since the manifest was written."""
+
+    exit_code = 1
+
+
+class TruthError(GuardError):
+    """A ground-truth file that does not match the run it should score."""

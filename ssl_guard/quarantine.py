@@ -1,0 +1,300 @@
+"""The quarantine manifest: which samples to keep out of training, and the run that decided it.
+
+A manifest names each flagged sample by its stable id `(source, key)` (see `ssl_guard.data`), with
+the detector's score, the trigger box and a reason, and records the run's provenance: tool version,
+encoder and revision, a hash of the configuration and a fingerprint of every unit (shard or group of
+folder files) that was scanned. The fingerprint is what makes a manifest safe to reuse: loading one
+for data that has changed since is refused (`StaleManifestError`), because a guard built from it
+would let new poisons through while looking current.
+
+This module imports no torch, so the light commands (`check --quarantine`, `verify`) and the
+pre-commit hook stay fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from ssl_guard.errors import ManifestError, StaleManifestError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ssl_guard.baseline import Baseline
+    from ssl_guard.data import Sources
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "quarantine.json"
+
+
+class UnitFingerprint(BaseModel):
+    """One scanned unit: a shard (`kind="shard"`) or a group of folder files (`kind="files"`).
+
+    `sha256` is `data.fingerprint_unit` (a truncated sha256 over the bytes, or over the files' names
+    and bytes); `size` is the shard's bytes or the sum of the group's file sizes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: str
+    sha256: str
+    size: int
+
+
+class Provenance(BaseModel):
+    """Where a manifest comes from: enough to tell whether it still applies to the data."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    tool_version: str
+    created: str  # ISO 8601
+    method: str
+    encoder: str
+    encoder_revision: str | None = None
+    config_hash: str
+    root: str
+    units: list[UnitFingerprint]
+    resolution: int | None = None
+
+
+class QuarantineEntry(BaseModel):
+    """One flagged sample. `box` is `x0, y0, x1, y1` in scan-resolution pixels, exclusive end."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str
+    key: str
+    score: float
+    box: list[int] | None = None
+    reason: str
+    detector: str
+
+    @property
+    def id(self) -> tuple[str, str]:
+        return (self.source, self.key)
+
+
+class Quarantine(BaseModel):
+    """A quarantine manifest (`quarantine.json`).
+
+    `entries` are the samples to keep out; `suppressed` are flagged samples that a reviewed baseline
+    marks as false positives (kept in the data, listed so that reports can show them).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    provenance: Provenance
+    n_scanned: int
+    n_skipped: int
+    threshold: float | None
+    entries: list[QuarantineEntry]
+    suppressed: list[QuarantineEntry] = Field(default_factory=list)
+
+    _ids: frozenset[tuple[str, str]] | None = PrivateAttr(default=None)
+
+    # -- the predicate -----------------------------------------------------------------------
+
+    def ids(self) -> frozenset[tuple[str, str]]:
+        """The quarantined `(source, key)` pairs."""
+        if self._ids is None:
+            self._ids = frozenset(entry.id for entry in self.entries)
+        return self._ids
+
+    def keep(self, source: str, key: str) -> bool:
+        """True when the sample `(source, key)` may be used for training."""
+        return (source, key) not in self.ids()
+
+    @property
+    def n_flagged(self) -> int:
+        return len(self.entries)
+
+    @property
+    def root(self) -> str:
+        return self.provenance.root
+
+    def sources(self) -> frozenset[str]:
+        """The sources (shards or files) holding at least one quarantined sample."""
+        return frozenset(entry.source for entry in self.entries)
+
+    def with_baseline(self, baseline: "Baseline | str | os.PathLike | None") -> "Quarantine":
+        """A copy whose entries marked false positive in `baseline` move to `suppressed`."""
+        if baseline is None:
+            return self
+        from ssl_guard.baseline import Baseline
+
+        if not isinstance(baseline, Baseline):
+            baseline = Baseline.load(baseline)
+        kept = [e for e in self.entries if not baseline.suppresses(e.source, e.key)]
+        moved = [e for e in self.entries if baseline.suppresses(e.source, e.key)]
+        copy = self.model_copy(update={"entries": kept, "suppressed": [*self.suppressed, *moved]})
+        copy._ids = None  # model_copy carries the cached id set of the original
+        return copy
+
+    # -- files -------------------------------------------------------------------------------
+
+    def write(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the manifest atomically; refuses to replace an existing file unless `overwrite`.
+
+        Raises:
+            ManifestError: `path` exists and `overwrite` is False.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ManifestError(f"{path} already exists", "choose a new path; an earlier run's manifest is never replaced")
+        write_text_atomic(path, self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        data: Sequence[str] | None = None,
+        allow_stale: bool = False,
+        baseline: "Baseline | str | os.PathLike | None" = None,
+    ) -> "Quarantine":
+        """Read a manifest (a `quarantine.json`, or a run folder holding one).
+
+        When `data` is given (the dataset specs, as passed to the scan), the data is fingerprinted
+        again and compared to the manifest's provenance. With a `baseline`, the samples it marks as
+        false positives are kept (moved to `suppressed`).
+
+        Raises:
+            ManifestError: the file is missing, unreadable, or of another schema.
+            StaleManifestError: `data` differs from what the manifest was made for (exit code 1),
+                unless `allow_stale`.
+        """
+        manifest = cls._read(manifest_path(path))
+        if data is not None:
+            from ssl_guard.data import resolve_sources
+
+            diff = compare_units(manifest.provenance.units, fingerprint_sources(resolve_sources(list(data))))
+            if diff and not allow_stale:
+                raise StaleManifestError(
+                    f"{manifest_path(path)} is stale: {diff.describe()}",
+                    "scan the data again, or pass --allow-stale to use it anyway",
+                )
+        return manifest.with_baseline(baseline)
+
+    @classmethod
+    def _read(cls, path: Path) -> "Quarantine":
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ManifestError(f"{path} does not exist", "run `ssl-guard scan` first, or check the path") from None
+        except OSError as error:
+            raise ManifestError(f"cannot read {path}: {error.strerror or error}") from None
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ManifestError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})", "is it a quarantine.json?") from None
+        if not isinstance(raw, dict) or "schema_version" not in raw:
+            raise ManifestError(f"{path} is not a quarantine manifest (no schema_version)", "pass the quarantine.json of a scan")
+        version = raw.get("schema_version")
+        if version != SCHEMA_VERSION:
+            hint = "upgrade ssl-guard" if isinstance(version, int) and version > SCHEMA_VERSION else "scan the data again"
+            raise ManifestError(f"{path} has schema_version {version!r}, this ssl-guard reads {SCHEMA_VERSION}", hint)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ManifestError(f"{path} is not a valid manifest: {where}: {first['msg']}", "was it edited by hand?") from None
+
+
+def manifest_path(path: str | os.PathLike) -> Path:
+    """`path` itself, or `path/quarantine.json` when `path` is a run folder."""
+    path = Path(path)
+    return path / MANIFEST_NAME if path.is_dir() else path
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints
+
+
+def fingerprint_sources(sources: "Sources") -> list[UnitFingerprint]:
+    """Fingerprint every unit of `sources`: content hash and size, in the units' order."""
+    from ssl_guard.data import fingerprint_unit
+
+    return [
+        UnitFingerprint(name=unit.name, kind=unit.kind, sha256=fingerprint_unit(unit), size=_unit_size(unit))
+        for unit in sources.units
+    ]
+
+
+def _unit_size(unit) -> int:
+    if unit.kind == "shard":
+        if "://" in unit.url or unit.url.startswith("pipe:"):
+            return -1  # remote: size unknown without reading it
+        return os.path.getsize(unit.url)
+    return sum(os.path.getsize(os.path.join(unit.root, rel)) for rel in unit.files)
+
+
+@dataclass(frozen=True)
+class UnitDiff:
+    """How the data differs from a manifest: unit names changed, added and removed."""
+
+    changed: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.added or self.removed)
+
+    def describe(self, limit: int = 5) -> str:
+        parts = []
+        for label, names in (("changed", self.changed), ("added", self.added), ("removed", self.removed)):
+            if names:
+                shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+                parts.append(f"{len(names)} {label} ({shown})")
+        return "; ".join(parts) if parts else "no change"
+
+
+def compare_units(recorded: Sequence[UnitFingerprint], current: Sequence[UnitFingerprint]) -> UnitDiff:
+    """Compare a manifest's unit fingerprints to the data's current ones, by unit name."""
+    before = {u.name: u for u in recorded}
+    now = {u.name: u for u in current}
+    changed = tuple(n for n in now if n in before and (now[n].sha256, now[n].size) != (before[n].sha256, before[n].size))
+    added = tuple(n for n in now if n not in before)
+    removed = tuple(n for n in before if n not in now)
+    return UnitDiff(changed, added, removed)
+
+
+def config_hash(config: BaseModel | dict) -> str:
+    """A short stable hash of a configuration: canonical JSON (sorted keys), sha256, 16 hex digits."""
+    if isinstance(config, BaseModel):
+        config = config.model_dump(mode="json")
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder and `os.replace`.
+
+    A reader never sees a half-written file, and a crash leaves the previous file (or none).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+    return path

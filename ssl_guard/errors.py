@@ -64,3 +64,7 @@ class StaleManifestError(ManifestError):
 
 class TruthError(GuardError):
     """A ground-truth file that does not match the run it should score."""
+
+
+class ReportError(GuardError):
+    """A run folder without a readable report.json, or one of another schema version."""

@@ -68,3 +68,27 @@ class TruthError(GuardError):
 
 class ReportError(GuardError):
     """A run folder without a readable report.json, or one of another schema version."""
+
+
+class ScoresError(GuardError):
+    """A run's scores.csv that is missing, malformed, or holds a sample twice."""
+
+
+class PoisonFoundError(GuardError):
+    """A check found more flagged samples than its --fail-on allows."""
+
+    exit_code = 1
+
+
+class IncompleteScanError(GuardError):
+    """Part of the input could not be read, so the data was not fully checked."""
+
+
+class UncoveredDataError(ManifestError):
+    """Data files that no current quarantine manifest covers (changed or never scanned)."""
+
+    exit_code = 1
+
+
+class UnscannedSourceError(GuardError):
+    """A training sample from a shard or file that the quarantine's scan never saw."""

@@ -19,10 +19,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from ssl_guard.errors import ReportError
-from ssl_guard.report.schema import REPORT_FILE, Histogram, Report, write_text_atomic
+from ssl_guard.report.schema import REPORT_FILE, Histogram, Report, Suspect, write_text_atomic
 
 HTML_FILE = "report.html"
 
@@ -114,7 +114,7 @@ class _Page:
         skipped_share = f"{100.0 * r.n_skipped / (r.n_samples + r.n_skipped):.2f}% unreadable" if r.n_samples + r.n_skipped else ""
         cards = [
             ("Samples", _int(r.n_samples), f"in {_int(r.n_units)} unit{'s' if r.n_units != 1 else ''}", ""),
-            ("Flagged", _int(r.n_flagged), share, "bad" if r.n_flagged else "good"),
+            ("Flagged", _int(r.n_flagged), share, "bad" if r.n_flagged else ("good" if r.verdict == "clean" else "")),
             ("Skipped", _int(r.n_skipped), skipped_share, "warn" if r.n_skipped else ""),
             ("Threshold", format_number(r.threshold) if r.threshold is not None else "none", "poison score cut-off", ""),
             ("Trigger bank", _int(len(r.bank)), "verified patterns", "bad" if r.bank else ""),
@@ -172,7 +172,7 @@ class _Page:
         cards = "\n".join(self.suspect_card(rank, s) for rank, s in enumerate(r.suspects, 1))
         return f'<section id="suspects">\n{head}\n<div class="gallery">\n{cards}\n</div>\n</section>'
 
-    def suspect_card(self, rank: int, s: Any) -> str:
+    def suspect_card(self, rank: int, s: Suspect) -> str:
         box_div = ""
         if s.box is not None:
             box_div = self.box_div(s.box)
@@ -286,8 +286,7 @@ class _Page:
         total = sum(h.counts)
         note = f"{_int(total)} scored samples"
         if h.threshold is not None and math.isfinite(h.threshold):
-            above = sum(c for c, lo in zip(h.counts, h.edges) if lo >= h.threshold)
-            note += f"; threshold {format_number(h.threshold)} (bins at or above it in red, {_int(above)} samples)"
+            note += f"; threshold {format_number(h.threshold)} (bins at or above it in red)"
         else:
             note += "; no threshold"
         if h.log_scale:
@@ -374,7 +373,10 @@ def histogram_svg(h: Histogram, width: int = 960, height: int = 280) -> str:
     ]
     # y grid: powers of ten on a log axis, a few even steps on a linear one
     if peak > 0:
-        ticks = [10**k for k in range(int(math.log10(peak)) + 1)] if h.log_scale else _nice_ticks(0, peak, 4)
+        if h.log_scale:
+            ticks = [10**k for k in range(int(math.log10(peak)) + 1)]
+        else:
+            ticks = [t for t in _nice_ticks(0, peak, 4) if t == int(t)]  # counts are whole numbers
         for t in ([0] if h.log_scale else []) + ticks:
             y = y_of(t)
             parts.append(f'<line class="grid" x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}"/>')

@@ -107,6 +107,8 @@ def test_histogram_draws_threshold_line_and_hot_bins():
     assert svg.count('class="bar"') == 2
     assert ">threshold 0.5<" in svg
     assert "threshold" not in histogram_svg(Histogram(edges=[0.0, 1.0], counts=[3], threshold=None))
+    linear = histogram_svg(Histogram(edges=[0.0, 1.0, 2.0], counts=[1, 0], threshold=None, log_scale=False))
+    assert re.findall(r'<text class="tick" x="50" [^>]*>([^<]*)<', linear) == ["0", "1"]  # whole counts only
 
 
 def test_cli_rerenders_and_prints_summary(run_folder, capsys):
@@ -202,7 +204,7 @@ def test_gallery_renders_in_headless_chromium(run_folder, tmp_path):
     shot = tmp_path / "report.png"
     _run_chromium(binary, f"--screenshot={shot}", page.as_uri())
     distinct, spread = _gallery_stats(shot, box)
-    shutil.copy(shot, Path(tempfile.gettempdir()) / "ssl-guard-report-screenshot.png")  # for a human look
+    # pytest keeps tmp_path of recent runs: .../pytest-current/test_gallery_renders_in_hea*/report.png
 
     # The same gallery with every picture missing (placeholders only) is the blank baseline: the
     # real one must be far richer than it, not merely non-white.

@@ -29,14 +29,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch.utils.data
 
-from ssl_guard.errors import GuardError, ManifestError
+from ssl_guard.errors import GuardError, ManifestError, UnscannedSourceError
 from ssl_guard.quarantine import Quarantine
 
 log = logging.getLogger("ssl_guard.guard")
-
-
-class UnscannedSourceError(GuardError):
-    """A sample from a shard or file the quarantine's scan never saw."""
 
 
 @dataclass(frozen=True)

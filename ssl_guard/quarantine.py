@@ -209,6 +209,47 @@ class Quarantine(BaseModel):
             raise ManifestError(f"{path} is not a valid manifest: {where}: {first['msg']}", "was it edited by hand?") from None
 
 
+def build_quarantine(
+    data: Sequence[str],
+    entries: Sequence[QuarantineEntry],
+    *,
+    n_scanned: int | None = None,
+    n_skipped: int = 0,
+    threshold: float | None = None,
+    method: str = "manual",
+    encoder: str = "none",
+    encoder_revision: str | None = None,
+    config: BaseModel | dict | None = None,
+    resolution: int | None = None,
+) -> Quarantine:
+    """A manifest for `data` with the given entries, fingerprinting the data now.
+
+    For ids found some other way than a scan (a known-bad list, another tool); `n_scanned`
+    defaults to the number of samples in folder units plus, for shards, the samples WebDataset
+    reads from them (this reads every shard once).
+    """
+    from datetime import datetime, timezone
+
+    from ssl_guard import __version__
+    from ssl_guard.data import iter_raw_samples, resolve_sources
+
+    sources = resolve_sources(list(data))
+    if n_scanned is None:
+        n_scanned = sum(1 for unit in sources.units for raw in iter_raw_samples(unit) if raw.data is not None)
+    provenance = Provenance(
+        tool_version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        method=method,
+        encoder=encoder,
+        encoder_revision=encoder_revision,
+        config_hash=config_hash(config or {}),
+        root=sources.root,
+        units=fingerprint_sources(sources),
+        resolution=resolution,
+    )
+    return Quarantine(provenance=provenance, n_scanned=n_scanned, n_skipped=n_skipped, threshold=threshold, entries=list(entries))
+
+
 def manifest_path(path: str | os.PathLike) -> Path:
     """`path` itself, or `path/quarantine.json` when `path` is a run folder."""
     path = Path(path)
@@ -292,9 +333,135 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp makes it private; give it a normal file's mode
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):
             os.unlink(temp)
         raise
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Coverage: are these data files described by a current manifest? (the light pre-commit check)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The outcome of `check_coverage`: files covered, and the problems found, one line each."""
+
+    covered: tuple[str, ...]
+    problems: tuple[str, ...]
+    ignored: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return not self.problems
+
+
+def data_specs(manifest: Quarantine, root: str | os.PathLike | None = None) -> list[str]:
+    """The dataset specs that reproduce `manifest`'s units under `root` (default: its own root).
+
+    Local shards and folder groups (`<dir>#<n>`) are listed by their folders, so that shards or
+    files added to those folders since the scan show up as added or changed units.
+    """
+    base = Path(root if root is not None else manifest.provenance.root)
+    remote: list[str] = []
+    folders: set[Path] = set()
+    for unit in manifest.provenance.units:
+        if unit.kind == "shard" and ("://" in unit.name or unit.name.startswith("pipe:")):
+            remote.append(unit.name)
+        elif unit.kind == "shard":
+            folders.add((base / unit.name).parent)
+        else:
+            folders.add(base / unit.name.rsplit("#", 1)[0])
+    # a folder inside another listed one would be listed twice by the recursive search
+    top = sorted(f for f in folders if not any(other in f.parents for other in folders))
+    return [str(f) for f in top] + remote
+
+
+def check_coverage(
+    manifests: Sequence[tuple[Quarantine, str | os.PathLike | None]],
+    files: Sequence[str | os.PathLike] = (),
+    label: Sequence[str] | None = None,
+) -> Coverage:
+    """Check that `files` (changed shards or images) are covered by a current manifest.
+
+    Args:
+        manifests: `(manifest, data_root)` pairs; a None root means the manifest's own root.
+        files: the changed files; empty means every unit of every manifest (a full re-fingerprint).
+        label: display names of the manifests, for the messages.
+
+    Only the units holding a changed file are hashed, so a commit touching one shard costs one
+    shard's read. Files that are neither shards nor images are ignored.
+    """
+    from ssl_guard.data import IMAGE_EXTENSIONS, SHARD_SUFFIXES, Unit, fingerprint_unit, resolve_sources
+
+    label = list(label) if label is not None else [f"manifest {i + 1}" for i in range(len(manifests))]
+    covered: list[str] = []
+    problems: list[str] = []
+    ignored: list[str] = []
+    roots = []
+    for manifest, root in manifests:
+        real = os.path.realpath(root if root is not None else manifest.provenance.root)
+        if not os.path.isdir(real):
+            problems.append(f"{label[len(roots)]}: its data root {real} does not exist (pass the data folder explicitly)")
+        roots.append(real)
+
+    if not files:
+        for (manifest, root), name, real in zip(manifests, label, roots):
+            if not os.path.isdir(real):
+                continue
+            current = fingerprint_sources(resolve_sources(data_specs(manifest, real)))
+            diff = compare_units(manifest.provenance.units, current)
+            if diff:
+                problems.append(f"{name} is stale: {diff.describe()}")
+            else:
+                covered += [u.name for u in current]
+        return Coverage(tuple(covered), tuple(problems))
+
+    resolved_cache: dict[int, dict[str, Unit]] = {}
+    current_ok: dict[tuple[int, str], bool] = {}
+    for file in files:
+        path = os.fspath(file)
+        lower = path.lower()
+        is_shard, is_image = lower.endswith(SHARD_SUFFIXES), lower.endswith(IMAGE_EXTENSIONS)
+        if not (is_shard or is_image):
+            ignored.append(path)
+            continue
+        real = os.path.realpath(path)
+        owner = next((i for i, r in enumerate(roots) if real.startswith(r + os.sep)), None)
+        if owner is None:
+            problems.append(f"{path}: not under the data of any quarantine manifest (scan it)")
+            continue
+        manifest, name, root = manifests[owner][0], label[owner], roots[owner]
+        rel = Path(os.path.relpath(real, root)).as_posix()
+        recorded = {u.name: u for u in manifest.provenance.units}
+        if is_shard:
+            unit = Unit(name=rel, kind="shard", root=root, url=real)
+        else:
+            if owner not in resolved_cache:
+                current_units = resolve_sources(data_specs(manifest, root)).units
+                resolved_cache[owner] = {f: u for u in current_units if u.kind == "files" for f in u.files}
+            unit = resolved_cache[owner].get(rel)
+            if unit is None:
+                problems.append(f"{path}: not part of the data {name} was made for (scan it)")
+                continue
+        before = recorded.get(unit.name)
+        if before is None:
+            problems.append(f"{path}: {unit.name} is not in {name} (scan it)")
+            continue
+        if (owner, unit.name) not in current_ok:  # several changed images of one group: hash it once
+            size = os.path.getsize(real) if is_shard else sum(os.path.getsize(os.path.join(root, f)) for f in unit.files)
+            current_ok[(owner, unit.name)] = size == before.size and fingerprint_unit(unit) == before.sha256
+        if not current_ok[(owner, unit.name)]:
+            problems.append(f"{path}: changed since {name} was written (scan it again)")
+            continue
+        covered.append(path)
+    return Coverage(tuple(covered), tuple(problems), tuple(ignored))
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -151,3 +151,26 @@ def test_bad_rate_or_class_is_refused(image_folder, tmp_path, target, rate, mess
     with pytest.raises(ConfigError, match=message):
         poison_dataset([str(image_folder)], tmp_path / "out", tmp_path / "t.csv", ATTACKS["patch"](), target, rate=rate)
     assert not (tmp_path / "out").exists() and not (tmp_path / "t.csv").exists()
+
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED / "imagenette" / "train").is_dir(), reason="needs ../shared/data (absent in a fresh clone)")
+def test_trigger_10_on_imagenette_photos_is_43_px_in_the_central_band(tmp_path):
+    import shutil
+
+    from ssl_guard.attacks import load_trigger
+
+    source = tmp_path / "src"
+    for wnid in ("n03394916", "n01440764"):
+        (source / wnid).mkdir(parents=True)
+        for photo in sorted((SHARED / "imagenette" / "train" / wnid).glob("*.JPEG"))[:5]:
+            shutil.copy(photo, source / wnid / photo.name)
+    attack = PatchAttack([("trigger_10", load_trigger(SHARED / "triggers-htba" / "trigger_10.png"))], width=0.19)
+    poison_dataset([str(source)], tmp_path / "out", tmp_path / "t.csv", attack, "n03394916", rate=0.5, seed=0)
+    boxes = [r.box for r in read_truth(tmp_path / "t.csv") if r.poisoned]
+    assert len(boxes) == 5
+    for x0, y0, x1, y1 in boxes:
+        assert (x1 - x0, y1 - y0) == (43, 43)  # about 12 px once a scan resizes 224 -> 64
+        assert 56 <= x0 <= 168 and 56 <= y0 <= 168

@@ -101,12 +101,48 @@ def build(name: str, data: Path, triggers: Path, work: Path) -> Path:
     return folder
 
 
+def measure(name: str, data: Path, work: Path, resolution: int = 64, clean_sample: int = 200) -> dict:
+    """How much of each variant's perturbation a scan at `resolution` sees.
+
+    RMS pixel difference (grey levels) between a source photo and its shard copy, both resized as a
+    scan resizes them (`ssl_guard.data.to_square_array`), over the poisons and over a sample of
+    clean images (whose only difference is the JPEG re-encoding: the noise floor).
+    """
+    import numpy as np
+
+    from ssl_guard.attacks import read_truth
+    from ssl_guard.attacks.dataset import list_samples, output_keys
+    from ssl_guard.data import decode_rgb, iter_raw_samples, resolve_sources, to_square_array
+
+    split = VARIANTS[name][0]
+    sources = resolve_sources([str(data / split)])
+    samples, _ = list_samples(sources)
+    path_of = {key: Path(sources.root) / s.id.source for key, s in zip(output_keys(samples, sources), samples)}
+    truth = read_truth(work / name / "truth.csv")
+    poisoned = {r.key for r in truth if r.poisoned}
+    rng = np.random.default_rng(0)
+    clean_keys = [r.key for r in truth if not r.poisoned]
+    clean = set(rng.choice(clean_keys, size=min(clean_sample, len(clean_keys)), replace=False)) if clean_keys else set()
+    rms: dict[str, list[float]] = {"poisoned": [], "clean": []}
+    for unit in resolve_sources([str(work / name / "shards")]).units:
+        for raw in iter_raw_samples(unit):
+            group = "poisoned" if raw.id.key in poisoned else "clean" if raw.id.key in clean else None
+            if group is None:
+                continue
+            copy = to_square_array(decode_rgb(raw.data), resolution).astype(np.float64)
+            with open(path_of[raw.id.key], "rb") as handle:
+                original = to_square_array(decode_rgb(handle.read()), resolution).astype(np.float64)
+            rms[group].append(float(np.sqrt(np.mean((copy - original) ** 2))))
+    return {name: float(np.mean(values)) if values else None for name, values in rms.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path, help="Imagenette folder with train/ and val/")
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "work", help="output folder (default bench/work)")
     parser.add_argument("--triggers", type=Path, default=None, help="HTBA trigger folder (default DATA/../triggers-htba)")
     parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="build only these variants")
+    parser.add_argument("--measure", type=int, metavar="R", default=None, help="after building, print how much of each perturbation a scan at R px sees")
     args = parser.parse_args(argv)
     triggers = args.triggers or args.data / ".." / "triggers-htba"
     for needed in (args.data / "train", args.data / "val", triggers / "trigger_10.png"):
@@ -116,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or VARIANTS:
         folder = build(name, args.data, triggers, args.work)
         print(f"  shards: {folder / 'shards'}\n  truth:  {folder / 'truth.csv'}", flush=True)
+    if args.measure:
+        print(f"| variant | poisons | PSNR of a poison at 224 px | RMS change at {args.measure} px, poisons | RMS change at {args.measure} px, clean (re-encoding) |")
+        print("|---|---|---|---|---|")
+        for name in args.only or VARIANTS:
+            record = json.loads((args.work / name / "poison.json").read_text())
+            seen = measure(name, args.data, args.work, args.measure)
+            clean = "n/a" if seen["clean"] is None else f"{seen['clean']:.2f}"
+            print(f"| {name} | {record['poisoned']} | {record['mean_psnr_db']:.1f} dB | {seen['poisoned']:.2f} | {clean} |", flush=True)
     return 0
 
 

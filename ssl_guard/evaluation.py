@@ -16,6 +16,13 @@ Metrics (pure numpy functions, ties handled explicitly):
   each tie group taken as one threshold (the step-wise convention of scikit-learn's
   `average_precision_score`).
 - `prf`: precision, recall and F1 of the flagged set.
+
+`eval.json` (schema_version 1): `samples`, `poisons`, `flagged`; `precision_at_k` keyed "5", "10",
+"20", "50", "100", "500" and "poisons", with the k actually used in `k` (clipped to the number of
+samples); `auroc`, `auprc`; `precision`, `recall`, `f1`, `tp`, `fp`, `fn` of the flagged set;
+`recall_by_trigger` ("attack:trigger" -> share flagged); `inputs` (sha256 of scores.csv and the
+truth, and the probe settings when there is one); `backdoor` when an encoder was probed
+(`ssl_guard.probe.BackdoorEffect`). An undefined value (e.g. AUROC without poisons) is null.
 """
 
 from __future__ import annotations
@@ -225,9 +232,12 @@ def match_truth(run: RunScores, truth: list[TruthRow]) -> np.ndarray:
 
 
 def effective_ks(n: int, poisons: int) -> dict[str, int]:
-    """The k of each precision@k, named as requested ("5", ..., "500", "poisons"), clipped to n."""
+    """The k of each precision@k, named as requested ("5", ..., "500", "poisons"), clipped to n.
+
+    "poisons" is 0 for a dataset without poison (its precision is then undefined).
+    """
     ks = {str(k): min(k, n) for k in TOP_KS}
-    ks["poisons"] = min(max(poisons, 1), n)
+    ks["poisons"] = min(poisons, n)
     return ks
 
 
@@ -245,7 +255,7 @@ def evaluate(scores: np.ndarray, flagged: np.ndarray, labels: np.ndarray) -> dic
         "samples": n,
         "poisons": poisons,
         "flagged": int(np.asarray(flagged, bool).sum()),
-        "precision_at_k": {name: precision_at_k(scores, labels, k) for name, k in ks.items()},
+        "precision_at_k": {name: precision_at_k(scores, labels, k) if k else None for name, k in ks.items()},
         "k": ks,
         "auroc": defined(auroc(scores, labels)),
         "auprc": defined(auprc(scores, labels)),

@@ -83,6 +83,8 @@ def test_random_scores_sit_near_chance_and_auroc_matches_pair_counting():
 def test_one_class_only_gives_undefined_areas():
     assert np.isnan(auroc(np.arange(3.0), np.zeros(3, bool)))
     assert np.isnan(auprc(np.arange(3.0), np.zeros(3, bool)))
+    report = evaluate(np.arange(3.0), np.zeros(3, bool), np.zeros(3, bool))
+    assert report["auroc"] is None and report["precision_at_k"]["poisons"] is None and report["precision_at_k"]["5"] == 0.0
 
 
 def test_prf_by_hand():

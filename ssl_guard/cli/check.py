@@ -229,7 +229,7 @@ def command(
     quarantine: Optional[Path] = typer.Option(None, "--quarantine", "-q", help="quarantine.json (or a scan's run folder) to check DATA against; without it DATA is scanned."),
     fail_on: str = typer.Option("0", "--fail-on", help="Fail when flagged samples exceed this count (5) or rate (0.1% or 0.001)."),
     exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 even when flagged samples exceed --fail-on (stale or incomplete still fail)."),
-    fmt: Format = typer.Option(Format.text, "--format", "-f", help="Output: text, json, sarif (2.1.0) or github (annotations + step summary)."),
+    fmt_name: str = typer.Option("text", "--format", "-f", help="Output: text, json, sarif (2.1.0) or github (annotations + step summary)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the formatted output to this file instead of stdout."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Reviewed decisions [default: .ssl-guard-baseline.json when present]."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Use a manifest even if DATA changed since the scan."),
@@ -246,6 +246,12 @@ def command(
     from ssl_guard.errors import IncompleteScanError, PoisonFoundError, StaleManifestError
     from ssl_guard.quarantine import Quarantine, write_text_atomic
 
+    from ssl_guard.errors import ConfigError
+
+    try:  # validated here, not by typer, so that a wrong value is a one-line error with exit code 2
+        fmt = Format(fmt_name)
+    except ValueError:
+        raise ConfigError(f"--format {fmt_name!r} is not one of text, json, sarif, github") from None
     limit = FailOn.parse(fail_on)
     if baseline is None and Path(DEFAULT_BASELINE).is_file():
         baseline = Path(DEFAULT_BASELINE)

@@ -149,14 +149,18 @@ def epoch_batches(
     stream = stream_batches(Sources(sources.root, units), decode_resolution, batch_size=min(batch_size, 64), workers=workers)
     pool: list[np.ndarray] = []
     capacity = max(shuffle_buffer, batch_size)
+    # start drawing after two batches and let the buffer grow to its capacity over the first
+    # steps, so an epoch does not wait for a full buffer to be decoded before its first step
+    threshold = min(capacity, 2 * batch_size)
     emitted = False
     for unit_batch in stream:
         if skipped is not None:
             skipped.extend(unit_batch.skipped)
         pool.extend(unit_batch.images)
-        while len(pool) >= capacity:
+        while len(pool) >= threshold:
             emitted = True
             yield _draw(pool, batch_size, rng)
+            threshold = min(capacity, threshold + max(1, batch_size // 4))
     while len(pool) >= batch_size:
         emitted = True
         yield _draw(pool, batch_size, rng)

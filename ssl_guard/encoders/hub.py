@@ -314,8 +314,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def model_card(config: EncoderConfig) -> str:
+def model_card(config: EncoderConfig, repo_id: str | None = None) -> str:
     """A Hub model card: what the encoder is, its input contract, and how it was trained."""
+    spec = f"hub:{repo_id}" if repo_id else "hub:<org>/<name>"
     training = "\n".join(f"| {k} | {v} |" for k, v in sorted(config.training.items())) or "| (none) | random initialisation |"
     method = config.ssl_method or "none (random initialisation)"
     return f"""---
@@ -331,7 +332,7 @@ tags:
 
 A {config.arch} image encoder (BasicBlock ResNet, base width {config.width}, {config.stem} stem) giving
 {config.embed_dim}-dimensional L2-normalised embeddings, for scanning self-supervised pre-training data for
-backdoor poisons with [ssl-guard](https://pypi.org/project/ssl-guard/).
+backdoor poisons with ssl-guard.
 
 - input: {config.resolution}×{config.resolution} RGB in [0, 1], normalised inside the model with
   mean {list(config.mean)} and std {list(config.std)}
@@ -340,7 +341,7 @@ backdoor poisons with [ssl-guard](https://pypi.org/project/ssl-guard/).
 
 ```python
 from ssl_guard import load_encoder
-encoder = load_encoder("hub:<this repository>")
+encoder = load_encoder("{spec}")
 ```
 
 ## Training provenance
@@ -354,13 +355,13 @@ encoder = load_encoder("hub:<this repository>")
 def push_encoder(folder: Path, repo_id: str, private: bool = False) -> str:
     """Upload an encoder folder to the Hub repository `repo_id` (created if needed).
 
-    Only `config.json`, `model.safetensors` and `README.md` are uploaded, whatever else the folder
-    holds (checkpoints, logs). Returns the commit URL.
+    Only `config.json`, `model.safetensors` and a model card naming `repo_id` are uploaded, whatever
+    else the folder holds (checkpoints, logs). Returns the commit URL.
 
     Raises:
         EncoderError: not an encoder folder, a malformed id, offline mode, or the Hub refused.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError
 
     folder = Path(folder)
@@ -378,14 +379,20 @@ def push_encoder(folder: Path, repo_id: str, private: bool = False) -> str:
             network_errors += (__import__(module).HTTPError,)
         except (ImportError, AttributeError):
             pass
+    config = read_config(folder)
+    operations = [
+        CommitOperationAdd(path_in_repo=CONFIG_NAME, path_or_fileobj=str(folder / CONFIG_NAME)),
+        CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=str(folder / WEIGHTS_NAME)),
+        # the card names the repository it lives in, which the saved folder cannot know
+        CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=model_card(config, repo_id).encode()),
+    ]
     api = HfApi(library_name="ssl-guard")
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(
+        info = api.create_commit(
             repo_id=repo_id,
-            folder_path=str(folder),
-            allow_patterns=list(ENCODER_FILES),
-            commit_message=f"Upload ssl-guard encoder ({read_config(folder).arch})",
+            operations=operations,
+            commit_message=f"Upload ssl-guard encoder ({config.arch}, width {config.width}, {config.resolution} px)",
         )
     except LocalTokenNotFoundError:
         raise EncoderError(f"cannot push {repo_id}: not logged in to the Hub", "log in with `hf auth login` or set HF_TOKEN") from None

@@ -214,3 +214,32 @@ def test_cli_missing_init_model_exits_2_with_one_line(offline_hub, image_folder,
     assert rc == 2
     assert len(err.splitlines()) == 1 and "hf download acme/missing" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_push_uploads_only_the_encoder_files_with_a_card_naming_the_repo(saved, monkeypatch):
+    """The Hub cannot be reached here: HfApi is replaced by a recorder of what would be sent."""
+    import huggingface_hub
+
+    folder, _ = saved
+    (folder / "checkpoint").mkdir()
+    (folder / "checkpoint" / "state.json").write_text("{}")
+    sent = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        sent["repo"] = (repo_id, kwargs.get("private"))
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        sent["files"] = {op.path_in_repo: op for op in operations}
+        return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/{COMMIT}"})()
+
+    # online for this test, whichever test first imported huggingface_hub (its constants are read then)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
+    url = push_encoder(folder, "acme/guard-encoder", private=True)
+    assert url.endswith(COMMIT)
+    assert sent["repo"] == ("acme/guard-encoder", True)
+    assert sorted(sent["files"]) == ["README.md", "config.json", "model.safetensors"]
+    card = sent["files"]["README.md"].path_or_fileobj
+    assert b'load_encoder("hub:acme/guard-encoder")' in card

@@ -1,0 +1,658 @@
+"""`mine`: find a patch trigger as a pattern repeated across unrelated images, with no backdoored encoder.
+
+A patch attack pastes the same small image into hundreds of photos. Neither the pattern's position
+nor its hosts' content repeat, but the pattern's pixels do, near-identically. The detector works in
+five steps, each reading only the scan's image cache:
+
+1. **Descriptors.** Local descriptors are cells of an encoder's early feature map (the stem by
+   default: about 11 px of receptive field at a 4 px stride, close to a patch trigger's size at
+   64 px), centred on the dataset mean and L2-normalised. Only each image's most contrasted cells
+   are kept: a trigger is high-contrast by construction, and flat cells repeat everywhere.
+2. **Recurrence.** For every kept cell, faiss finds its nearest cells in *other* images. A trigger
+   cell has a tight set of near-identical copies and then a drop, so it is scored by the gap
+   between its k-th and its K-th neighbour's similarity; a natural texture repeats loosely at every
+   distance and scores low. (Counting close neighbours instead favours textures: they are the most
+   common cells of all.)
+3. **Candidates.** The highest-gap cells are linked to their near-identical neighbours, and each
+   connected group spanning enough distinct images becomes a candidate pattern.
+4. **Verification** (the PoisonCAM idea, applied to the pattern's own cluster). Each candidate's
+   pixels are aligned across its hosts; where they agree is the pattern, and its box. The pattern
+   is accepted when (a) masking its box collapses the pattern's activation in the host images, and
+   (b) pasting it onto clean images makes them join it (the flip test), and (c) it is far more
+   consistent across hosts than a natural repeat (its pixel residual between hosts is small).
+5. **Scoring.** Every image is scored by how well the best bank pattern matches it anywhere (a
+   dense, normalised pixel residual), and flagged where the match is as close as between the
+   verified hosts themselves.
+
+Targeted attacks put every host in one semantic cluster; a benign watermark spreads over all of
+them. That concentration is measured and reported for each pattern.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pydantic
+import torch
+import torch.nn.functional as F
+
+from ssl_guard.detect.result import Detection, TriggerPattern
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class MineConfig(pydantic.BaseModel):
+    """Settings of the `mine` detector; `None` fields are derived from the dataset size."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    stage: int = pydantic.Field(0, ge=0, le=2, description="encoder stage whose cells are the descriptors")
+    cells_per_image: int = pydantic.Field(12, ge=1, le=256)
+    mining_images: int = pydantic.Field(20_000, ge=100, description="images sampled for mining; the rest are only scored")
+    near_rank: int = pydantic.Field(8, ge=1, description="k of the near neighbour in the gap score")
+    far_rank: int = pydantic.Field(48, ge=2, description="K of the far neighbour in the gap score")
+    seed_fraction: float = pydantic.Field(0.02, gt=0, le=1, description="share of mined cells kept as seeds")
+    link_similarity: float = pydantic.Field(0.92, gt=0, lt=1)
+    min_hosts: int | None = pydantic.Field(None, ge=2, description="fewest distinct images a candidate must span")
+    max_candidates: int = pydantic.Field(12, ge=1)
+    match_residual: float = pydantic.Field(0.35, gt=0, lt=1, description="normalised pixel residual below which a pattern matches")
+    min_flip_rate: float = pydantic.Field(0.8, ge=0, le=1)
+    min_mask_collapse: float = pydantic.Field(0.8, ge=0, le=1)
+    max_separation: float = pydantic.Field(0.25, ge=0, description="images just above a pattern's threshold per image below it")
+    flip_images: int = pydantic.Field(64, ge=4)
+    prevalence_guard: float = pydantic.Field(0.2, gt=0, le=1, description="a pattern in more than this share of the data is reported, not quarantined")
+    fill: str = pydantic.Field("blur", pattern="^(blur|mean)$")
+    batch_size: int = pydantic.Field(256, ge=1)
+    seed: int = 0
+
+    def resolved(self, n: int) -> "MineConfig":
+        """Fill the size-derived defaults for a dataset of `n` images."""
+        values = self.model_dump()
+        if values["min_hosts"] is None:
+            # a backdoor needs tens of poisons to take; below 5 copies a repeat is a near-duplicate
+            values["min_hosts"] = max(5, int(math.ceil(0.001 * min(n, self.mining_images))))
+        return MineConfig(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Descriptors
+
+
+@dataclass
+class Cells:
+    """The kept cells: `vectors` (M, C) float32 unit rows, `image` (M,) row index, `y`, `x` (M,)
+    centre pixel of each cell in scan coordinates."""
+
+    vectors: np.ndarray
+    image: np.ndarray
+    y: np.ndarray
+    x: np.ndarray
+
+
+def _as_float(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(batch)).to(device).float().div_(255.0)
+
+
+def cell_descriptors(images: np.ndarray, rows: np.ndarray, features: FeatureFn, stride: int, per_image: int, batch_size: int, device: torch.device, mean: torch.Tensor | None = None) -> tuple[Cells, torch.Tensor]:
+    """The `per_image` most contrasted feature cells of each image in `rows`.
+
+    Args:
+        images: (N, 3, R, R) uint8 array (a memmap is read batch by batch).
+        rows: the row indices to describe.
+        features: (B, 3, R, R) float in [0, 1] -> (B, C, h, w) feature map.
+        stride: input pixels per feature cell.
+        mean: (C,) centring vector; estimated from the first batch when None.
+
+    Returns:
+        the `Cells` and the centring vector used.
+    """
+    vectors, owners, ys, xs = [], [], [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        with torch.inference_mode():
+            fmap = features(_as_float(images[np.sort(chunk)], device)).float()
+        order = np.argsort(np.argsort(chunk))  # undo the sort used for sequential memmap reads
+        fmap = fmap[torch.from_numpy(order).to(fmap.device)]
+        b, c, h, w = fmap.shape
+        flat = fmap.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        if mean is None:
+            mean = flat.mean(dim=(0, 1))
+        flat = flat - mean
+        k = min(per_image, h * w)
+        top = flat.norm(dim=2).topk(k, dim=1).indices  # (b, k)
+        picked = torch.gather(flat, 1, top[..., None].expand(-1, -1, c))
+        vectors.append(F.normalize(picked, dim=2).reshape(-1, c).cpu().numpy().astype(np.float32))
+        owners.append(np.repeat(chunk, k))
+        cell = top.reshape(-1).cpu().numpy()
+        ys.append((cell // w) * stride + stride // 2)
+        xs.append((cell % w) * stride + stride // 2)
+    return Cells(np.concatenate(vectors), np.concatenate(owners), np.concatenate(ys), np.concatenate(xs)), mean
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Recurrence
+
+
+def recurrence_gap(cells: Cells, near: int, far: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score each cell by `sim(near-th) - sim(far-th)` over its neighbours in other images.
+
+    Returns:
+        gap (M,) float32, and the neighbour lists `sims` (M, far+1) and `ids` (M, far+1) sorted by
+        decreasing similarity, other images only (-1 / -inf padding where fewer exist).
+    """
+    import faiss
+
+    m, dim = cells.vectors.shape
+    depth = min(m, far + 1 + 16)  # a few extra to make up for neighbours in the same image
+    index = _cell_index(cells.vectors)
+    sims, ids = index.search(cells.vectors, depth)
+    same = cells.image[np.clip(ids, 0, None)] == cells.image[:, None]
+    sims = np.where(same | (ids < 0), -np.inf, sims)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, : far + 1]
+    sims = np.take_along_axis(sims, order, 1)
+    ids = np.where(np.isfinite(sims), np.take_along_axis(ids, order, 1), -1)
+    near_sim = sims[:, min(near, sims.shape[1] - 1)]
+    far_sim = sims[:, min(far, sims.shape[1] - 1)]
+    gap = np.where(np.isfinite(near_sim), near_sim - np.where(np.isfinite(far_sim), far_sim, -1.0), -np.inf)
+    return gap.astype(np.float32), sims, ids
+
+
+def _cell_index(vectors: np.ndarray):
+    """Exact inner-product search for small sets; an inverted file beyond, where exact search
+    grows quadratically (about 30 s for 110k cells on 2 cores) and a few missed far neighbours
+    do not change which cells have tight copies."""
+    import faiss
+
+    m, dim = vectors.shape
+    if m <= 20_000:
+        index = faiss.IndexFlatIP(dim)
+        index.add(vectors)
+        return index
+    lists = int(4 * math.sqrt(m))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    train = vectors[np.random.default_rng(0).choice(m, min(m, 64 * lists), replace=False)]
+    index.train(train)
+    index.add(vectors)
+    index.nprobe = 16
+    return index
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Candidates
+
+
+def candidate_groups(cells: Cells, gap: np.ndarray, sims: np.ndarray, ids: np.ndarray, seeds: int, link: float, min_hosts: int) -> list[np.ndarray]:
+    """Connected groups of high-gap cells joined by near-identical links, largest span first.
+
+    Returns:
+        arrays of cell indices, one per group spanning at least `min_hosts` distinct images.
+    """
+    seeds = min(seeds, len(gap))
+    top = np.argsort(-gap, kind="stable")[:seeds]
+    top = top[np.isfinite(gap[top])]
+    in_seed = np.zeros(len(gap), bool)
+    in_seed[top] = True
+    parent = np.arange(len(gap))
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for q in top:
+        for s, j in zip(sims[q], ids[q]):
+            if s < link:
+                break
+            if in_seed[j]:
+                ra, rb = root(q), root(j)
+                if ra != rb:
+                    parent[ra] = rb
+    groups: dict[int, list[int]] = {}
+    for q in top:
+        groups.setdefault(root(q), []).append(q)
+    spans = [(len(set(cells.image[g].tolist())), np.array(g)) for g in groups.values()]
+    spans = [(s, g) for s, g in spans if s >= min_hosts]
+    spans.sort(key=lambda item: -item[0])
+    return [g for _, g in spans]
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense pixel matching (used by 4 and 5)
+
+
+def match_residual(images: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """Normalised residual of `template` at every position of every image.
+
+    `residual = |P - T|^2 / |T - mean(T)|^2`, with P the image window: 0 for an exact copy, about
+    1 or more for unrelated content. Not scale-invariant on purpose: an opaque pasted patch keeps
+    its pixel values, while natural look-alikes only share a shape.
+
+    Args:
+        images: (B, 3, H, W) float in [0, 1].
+        template: (3, h, w) float in [0, 1].
+
+    Returns:
+        (B, H - h + 1, W - w + 1) residuals.
+    """
+    _, th, tw = template.shape
+    window_energy = F.avg_pool2d((images * images).sum(1, keepdim=True), (th, tw), stride=1) * (th * tw)
+    cross = F.conv2d(images, template[None])
+    template_energy = (template * template).sum()
+    spread = ((template - template.mean(dim=(1, 2), keepdim=True)) ** 2).sum().clamp_min(1e-6)
+    return ((window_energy - 2 * cross + template_energy) / spread).squeeze(1).clamp_min(0)
+
+
+def best_match(images: torch.Tensor, template: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lowest residual per image and its top-left corner: (B,), (B,), (B,)."""
+    residual = match_residual(images, template)
+    b, h, w = residual.shape
+    value, flat = residual.reshape(b, -1).min(dim=1)
+    return value, flat // w, flat % w
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Verification
+
+
+@dataclass
+class Pattern:
+    """A candidate pattern: its template pixels (3, h, w) float in [0, 1], host rows and their boxes."""
+
+    template: torch.Tensor
+    hosts: np.ndarray
+    boxes: np.ndarray  # (H, 4) x0, y0, x1, y1
+    residuals: np.ndarray  # (H,) the template's residual in each host
+    group: np.ndarray  # the seed cells it came from
+
+
+def _crop(images: torch.Tensor, y: np.ndarray, x: np.ndarray, size: int) -> torch.Tensor:
+    """(B, 3, size, size) windows with top-left (y, x), reflect-padded at the borders."""
+    pad = size
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    return torch.stack([padded[i, :, yy + pad : yy + pad + size, xx + pad : xx + pad + size] for i, (yy, xx) in enumerate(zip(y, x))])
+
+
+def extract_pattern(images: np.ndarray, cells: Cells, group: np.ndarray, config: MineConfig, device: torch.device, resolution: int) -> Pattern | None:
+    """Align the group's hosts on their shared pixels and cut out the region where they agree.
+
+    A seed window around the group's most connected cell is matched densely in each host image;
+    windows twice the seed's size around those matches are stacked, and the pattern is the largest
+    block of pixels whose median absolute deviation across hosts is small (the hosts differ
+    everywhere else). Returns None when the hosts share no consistent block.
+    """
+    hosts = np.unique(cells.image[group])
+    # the seed: the member cell whose image has the most links in the group (ties: first)
+    centre = group[0]
+    seed_size = max(6, resolution // 8)
+    host_pixels = _as_float(images[hosts], device)
+    y0 = np.clip(cells.y[centre] - seed_size // 2, 0, resolution - seed_size)
+    x0 = np.clip(cells.x[centre] - seed_size // 2, 0, resolution - seed_size)
+    owner = int(np.searchsorted(hosts, cells.image[centre]))
+    seed = host_pixels[owner, :, y0 : y0 + seed_size, x0 : x0 + seed_size]
+    residual, my, mx = best_match(host_pixels, seed)
+    good = (residual < config.match_residual).cpu().numpy()
+    if good.sum() < config.min_hosts:
+        return None
+    # stack wider windows centred on each match, and keep the pixels that agree across hosts
+    wide = 3 * seed_size
+    offset = seed_size
+    stack = _crop(host_pixels[good], my.cpu().numpy()[good] - offset, mx.cpu().numpy()[good] - offset, wide)
+    median = stack.median(dim=0).values
+    deviation = (stack - median).abs().mean(dim=1).median(dim=0).values  # (wide, wide)
+    # the seed block is pattern and the window's outer ring mostly host content: split between
+    # their typical deviations, so the cut adapts to the resampling blur and the hosts' variety
+    inner = deviation[offset : offset + seed_size, offset : offset + seed_size].median()
+    ring = torch.cat([deviation[:2].flatten(), deviation[-2:].flatten(), deviation[:, :2].flatten(), deviation[:, -2:].flatten()]).median()
+    if ring <= 2 * inner:
+        return None  # the hosts agree as much around the seed as on it: no pasted block
+    consistent = (deviation < (inner + ring) / 2).cpu().numpy()
+    box = _block_around(consistent, offset, offset + seed_size)
+    if box is None:
+        return None
+    bx0, by0, bx1, by1 = box
+    template = median[:, by0:by1, bx0:bx1].contiguous()
+    residual, my, mx = best_match(host_pixels, template)
+    residual = residual.cpu().numpy()
+    keep = residual < config.match_residual
+    if keep.sum() < config.min_hosts:
+        return None
+    h, w = by1 - by0, bx1 - bx0
+    ys, xs = my.cpu().numpy()[keep], mx.cpu().numpy()[keep]
+    boxes = np.stack([xs, ys, xs + w, ys + h], axis=1).astype(np.int32)
+    return Pattern(template, hosts[keep], boxes, residual[keep], group)
+
+
+def _block_around(consistent: np.ndarray, lo: int, hi: int) -> tuple[int, int, int, int] | None:
+    """Grow the box [lo, hi)² outward while its new rows/columns stay mostly consistent; shrink
+    it inward while its border is mostly inconsistent. Returns (x0, y0, x1, y1) or None."""
+    x0 = y0 = lo
+    x1 = y1 = hi
+    size = consistent.shape[0]
+
+    def share(region: np.ndarray) -> float:
+        return float(region.mean()) if region.size else 0.0
+
+    changed = True
+    while changed:
+        changed = False
+        for side in ("top", "bottom", "left", "right"):
+            if side == "top" and y0 > 0 and share(consistent[y0 - 1, x0:x1]) > 0.5:
+                y0 -= 1; changed = True  # noqa: E702
+            elif side == "bottom" and y1 < size and share(consistent[y1, x0:x1]) > 0.5:
+                y1 += 1; changed = True  # noqa: E702
+            elif side == "left" and x0 > 0 and share(consistent[y0:y1, x0 - 1]) > 0.5:
+                x0 -= 1; changed = True  # noqa: E702
+            elif side == "right" and x1 < size and share(consistent[y0:y1, x1]) > 0.5:
+                x1 += 1; changed = True  # noqa: E702
+    for _ in range(size):
+        if y1 - y0 > 3 and share(consistent[y0, x0:x1]) < 0.4:
+            y0 += 1
+        elif y1 - y0 > 3 and share(consistent[y1 - 1, x0:x1]) < 0.4:
+            y1 -= 1
+        elif x1 - x0 > 3 and share(consistent[y0:y1, x0]) < 0.4:
+            x0 += 1
+        elif x1 - x0 > 3 and share(consistent[y0:y1, x1 - 1]) < 0.4:
+            x1 -= 1
+        else:
+            break
+    if share(consistent[y0:y1, x0:x1]) < 0.6 or min(x1 - x0, y1 - y0) < 4:
+        return None
+    return x0, y0, x1, y1
+
+
+def fill_box(images: torch.Tensor, boxes: np.ndarray, fill: str) -> torch.Tensor:
+    """Copies of `images` (B, 3, R, R) with each box replaced by a blur of the image or its mean.
+
+    The fill must not itself look like a pattern: a heavy blur keeps the surrounding colours, the
+    mean keeps only the average.
+    """
+    out = images.clone()
+    if fill == "blur":
+        k = max(3, (images.shape[-1] // 8) | 1)
+        smooth = F.avg_pool2d(F.pad(images, (k // 2,) * 4, mode="replicate"), k, stride=1)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        if fill == "blur":
+            out[i, :, y0:y1, x0:x1] = smooth[i, :, y0:y1, x0:x1]
+        else:
+            out[i, :, y0:y1, x0:x1] = images[i].mean(dim=(1, 2), keepdim=True)
+    return out
+
+
+def paste(images: torch.Tensor, template: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
+    """Paste `template` (3, h, w) at a uniformly random spot of each image; returns copies and boxes."""
+    out = images.clone()
+    _, h, w = template.shape
+    size = images.shape[-1]
+    ys = rng.integers(0, size - h + 1, len(images))
+    xs = rng.integers(0, size - w + 1, len(images))
+    for i, (y, x) in enumerate(zip(ys, xs)):
+        out[i, :, y : y + h, x : x + w] = template
+    return out, np.stack([xs, ys, xs + w, ys + h], 1)
+
+
+def pattern_activation(images: torch.Tensor, exemplars: torch.Tensor, features: FeatureFn, mean: torch.Tensor) -> torch.Tensor:
+    """The pattern cluster's activation of each image: the best cosine between any of its cells
+    and any exemplar cell of the pattern. (B, 3, R, R) -> (B,)."""
+    with torch.inference_mode():
+        fmap = features(images).float()
+    b, c, h, w = fmap.shape
+    flat = F.normalize(fmap.permute(0, 2, 3, 1).reshape(b, h * w, c) - mean, dim=2)
+    return (flat @ exemplars.T).amax(dim=(1, 2))
+
+
+def verify(pattern: Pattern, cells: Cells, images: np.ndarray, clean_pool: np.ndarray, features: FeatureFn, mean: torch.Tensor, config: MineConfig, device: torch.device, rng: np.random.Generator) -> dict[str, float]:
+    """Masking and flip tests of one pattern, in its own descriptor cluster.
+
+    Returns the evidence: `mask_collapse` (share of hosts whose activation falls below the link
+    threshold once the box is filled), `flip_rate` (share of clean images whose activation rises
+    above it once the pattern is pasted in), and their base rates.
+    """
+    exemplars = torch.from_numpy(cells.vectors[pattern.group[:256]]).to(device)
+    hosts = pattern.hosts[: config.flip_images]
+    host_pixels = _as_float(images[np.sort(hosts)], device)
+    order = np.argsort(hosts)
+    boxes = pattern.boxes[: config.flip_images][order]
+    before = pattern_activation(host_pixels, exemplars, features, mean)
+    after = pattern_activation(fill_box(host_pixels, boxes, config.fill), exemplars, features, mean)
+    link = config.link_similarity
+    active = before >= link
+    collapse = float(((after < link) & active).sum() / active.sum().clamp_min(1))
+    pool = clean_pool[: config.flip_images]
+    clean = _as_float(images[np.sort(pool)], device)
+    base = pattern_activation(clean, exemplars, features, mean)
+    pasted, _ = paste(clean, pattern.template, rng)
+    flipped = pattern_activation(pasted, exemplars, features, mean)
+    return {
+        "hosts_active": float(active.float().mean()),
+        "mask_collapse": collapse,
+        "activation_drop": float((before - after).mean()),
+        "flip_rate": float(((flipped >= link) & (base < link)).float().mean()),
+        "flip_base_rate": float((base >= link).float().mean()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Scoring
+
+
+def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], batch_size: int, device: torch.device, advance: Callable[[int], None] = lambda k: None) -> tuple[np.ndarray, np.ndarray]:
+    """Best residual of each template in each of the given images.
+
+    Templates of one size share the window-energy pass and one stacked convolution.
+
+    Returns:
+        residual (len(rows), T) float32 and top-left corner (len(rows), T, 2) int32 as (y, x).
+    """
+    out = np.full((len(rows), len(templates)), np.inf, np.float32)
+    corner = np.zeros((len(rows), len(templates), 2), np.int32)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for t, template in enumerate(templates):
+        by_size.setdefault(tuple(template.shape[1:]), []).append(t)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        pixels = _as_float(images[chunk], device)
+        for (th, tw), members in by_size.items():
+            stack = torch.stack([templates[t] for t in members])  # (T, 3, h, w)
+            energy = F.avg_pool2d((pixels * pixels).sum(1, keepdim=True), (th, tw), stride=1) * (th * tw)
+            cross = F.conv2d(pixels, stack)  # (B, T, H', W')
+            t_energy = (stack * stack).sum(dim=(1, 2, 3)).view(1, -1, 1, 1)
+            spread = ((stack - stack.mean(dim=(2, 3), keepdim=True)) ** 2).sum(dim=(1, 2, 3)).clamp_min(1e-6).view(1, -1, 1, 1)
+            residual = ((energy - 2 * cross + t_energy) / spread).clamp_min(0)
+            b, nt, h, w = residual.shape
+            value, flat = residual.reshape(b, nt, -1).min(dim=2)
+            out[start : start + len(chunk), members] = value.cpu().numpy()
+            corner[start : start + len(chunk), members, 0] = (flat // w).cpu().numpy()
+            corner[start : start + len(chunk), members, 1] = (flat % w).cpu().numpy()
+        advance(len(chunk))
+    return out, corner
+
+
+def calibrate(host_residuals: np.ndarray, sample_residuals: np.ndarray, ceiling: float) -> tuple[float, float]:
+    """A pattern's match threshold and how cleanly it separates its copies from everything else.
+
+    The threshold is a multiple of the residual between verified hosts (copies of one pasted
+    patch match each other as well as the hosts do, whatever the resampling), capped at `ceiling`.
+    `separation` counts the images just above the threshold (up to twice it) per image below it:
+    near 0 for a pasted patch, whose copies sit apart from all natural content; 1 or more for a
+    natural look-alike, whose matches form a continuum.
+    """
+    threshold = float(min(ceiling, max(0.08, 2.5 * float(np.quantile(host_residuals, 0.75)))))
+    below = int((sample_residuals < threshold).sum())
+    near = int(((sample_residuals >= threshold) & (sample_residuals < 2 * threshold)).sum())
+    return threshold, near / max(below, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The detector
+
+
+def host_concentration(hosts: np.ndarray, semantic: np.ndarray) -> tuple[float, float]:
+    """How concentrated the hosts are in one semantic cluster: (share of hosts in their most
+    common cluster, that share divided by the cluster's share of the data)."""
+    counts = np.bincount(semantic[hosts], minlength=semantic.max() + 1)
+    top = int(counts.argmax())
+    share = counts[top] / max(1, len(hosts))
+    base = (semantic == top).mean()
+    return float(share), float(share / max(base, 1e-9))
+
+
+def detect_mine(
+    images: np.ndarray,
+    features: FeatureFn,
+    stride: int,
+    semantic: np.ndarray | None = None,
+    config: MineConfig | None = None,
+    device: str | torch.device = "cpu",
+    progress=None,
+) -> Detection:
+    """Run the `mine` detector over a scan's image cache.
+
+    Args:
+        images: (N, 3, R, R) uint8 (np.memmap), the scan-resolution images.
+        features: (B, 3, R, R) float in [0, 1] -> (B, C, h, w) local feature map (an encoder stage).
+        stride: input pixels per feature cell.
+        semantic: (N,) int semantic cluster of each image (k-means of the global embeddings), for
+            the targeted / untargeted report; None skips it.
+        progress: optional rich Progress; one task per stage.
+
+    Returns:
+        a `Detection` whose scores are `1 - residual` of the best bank pattern (higher = closer).
+    """
+    device = torch.device(device)
+    n = len(images)
+    config = (config or MineConfig()).resolved(n)
+    seconds: dict[str, float] = {}
+    warnings: list[str] = []
+    if n == 0:
+        return Detection.empty("mine", 0)
+    resolution = images.shape[-1]
+    rng = np.random.default_rng(config.seed)
+
+    def stage(name: str, total: int):
+        task = progress.add_task(name, total=total) if progress is not None else None
+        return (lambda k: progress.advance(task, k)) if task is not None else (lambda k: None)
+
+    # 1. descriptors of a sample
+    clock = time.perf_counter()
+    mined = np.sort(rng.choice(n, min(n, config.mining_images), replace=False))
+    advance = stage("mine: descriptors", len(mined))
+    cells_parts, mean = [], None
+    for start in range(0, len(mined), config.batch_size * 8):
+        part, mean = cell_descriptors(images, mined[start : start + config.batch_size * 8], features, stride, config.cells_per_image, config.batch_size, device, mean)
+        cells_parts.append(part)
+        advance(len(mined[start : start + config.batch_size * 8]))
+    cells = Cells(*(np.concatenate([getattr(p, f) for p in cells_parts]) for f in ("vectors", "image", "y", "x")))
+    seconds["descriptors"] = time.perf_counter() - clock
+
+    # 2. recurrence
+    clock = time.perf_counter()
+    advance = stage("mine: recurrence", 1)
+    gap, sims, ids = recurrence_gap(cells, config.near_rank, config.far_rank)
+    advance(1)
+    seconds["recurrence"] = time.perf_counter() - clock
+
+    # 3. candidates
+    clock = time.perf_counter()
+    seeds = max(200, int(config.seed_fraction * len(gap)))
+    groups = candidate_groups(cells, gap, sims, ids, seeds, config.link_similarity, config.min_hosts)[: config.max_candidates]
+    seconds["candidates"] = time.perf_counter() - clock
+
+    # 4. verification
+    clock = time.perf_counter()
+    advance = stage("mine: verify", len(groups))
+    accepted: list[tuple[Pattern, dict[str, float], float]] = []  # pattern, evidence, threshold
+    candidates_report: list[dict] = []
+    covered: set[int] = set()
+    for group in groups:
+        advance(1)
+        group_hosts = np.unique(cells.image[group])
+        if len(covered.intersection(group_hosts.tolist())) > 0.5 * len(group_hosts):
+            continue  # another part of a pattern already in the bank
+        pattern = extract_pattern(images, cells, group, config, device, resolution)
+        if pattern is None:
+            candidates_report.append({"hosts": float(len(group_hosts)), "verdict": "no consistent pixels"})
+            continue
+        hosts = set(pattern.hosts.tolist())
+        clean_pool = np.array([i for i in rng.permutation(mined)[: 4 * config.flip_images] if i not in hosts], dtype=np.int64)
+        evidence = verify(pattern, cells, images, clean_pool, features, mean, config, device, rng)
+        evidence["hosts"] = float(len(pattern.hosts))
+        evidence["host_residual"] = float(np.median(pattern.residuals))
+        evidence["height"], evidence["width"] = (float(v) for v in pattern.template.shape[1:])
+        verdict = "accepted"
+        threshold = config.match_residual
+        if evidence["mask_collapse"] < config.min_mask_collapse:
+            verdict = "rejected: masking does not remove it"
+        elif evidence["flip_rate"] < config.min_flip_rate:
+            verdict = "rejected: pasting it does not reproduce it"
+        else:
+            sample_residual, _ = residuals(images, mined, [pattern.template], config.batch_size, device)
+            threshold, separation = calibrate(pattern.residuals, sample_residual[:, 0], config.match_residual)
+            evidence["threshold_residual"], evidence["separation"] = threshold, separation
+            evidence["sample_matches"] = float((sample_residual[:, 0] < threshold).sum())
+            if separation > config.max_separation:
+                verdict = "rejected: natural look-alikes form a continuum"
+        if semantic is not None:
+            evidence["cluster_share"], evidence["cluster_lift"] = host_concentration(pattern.hosts, semantic)
+        candidates_report.append({**evidence, "verdict": verdict})
+        if verdict == "accepted":
+            accepted.append((pattern, evidence, threshold))
+            covered.update(hosts)
+    seconds["verify"] = time.perf_counter() - clock
+
+    # 5. score every image: residual relative to each pattern's own threshold, best pattern wins
+    clock = time.perf_counter()
+    if not accepted:
+        detection = Detection.empty("mine", n, threshold=0.5)
+        detection.warnings.append("no repeated pattern passed verification: nothing quarantined")
+        detection.seconds = seconds
+        detection.details = {"candidates": candidates_report, "cells": int(len(gap)), "mined_images": int(len(mined))}
+        return detection
+    advance = stage("mine: score", n)
+    templates = [pattern.template for pattern, _, _ in accepted]
+    thresholds = np.array([threshold for _, _, threshold in accepted], np.float32)
+    residual, corner = residuals(images, np.arange(n), templates, config.batch_size, device, advance)
+    # score 1 at an exact copy, 0.5 at the pattern's threshold, 0 at twice it and beyond
+    relative = np.clip(1.0 - residual / (2 * thresholds[None, :]), 0.0, 1.0)
+    which = relative.argmax(axis=1)
+    scores = relative[np.arange(n), which].astype(np.float32)
+    flagged = scores > 0.5
+    y, x = corner[np.arange(n), which, 0], corner[np.arange(n), which, 1]
+    sizes = np.array([t.shape[1:] for t in templates])[which]
+    boxes = np.where(flagged[:, None], np.stack([x, y, x + sizes[:, 1], y + sizes[:, 0]], 1), -1).astype(np.int32)
+    bank: list[TriggerPattern] = []
+    for t, (pattern, evidence, threshold) in enumerate(accepted):
+        share = float((flagged & (which == t)).mean())
+        evidence["flagged_share"] = share
+        if share > config.prevalence_guard:
+            warnings.append(
+                f"pattern {t} matches {share:.0%} of the data, above the prevalence guard of "
+                f"{config.prevalence_guard:.0%}: a property of the data, not quarantined"
+            )
+            flagged &= which != t
+        bank.append(TriggerPattern(
+            pixels=(pattern.template.clamp(0, 1) * 255).round().byte().cpu().numpy(),
+            host=int(pattern.hosts[0]),
+            box=tuple(int(v) for v in pattern.boxes[0]),
+            score=float(evidence["flip_rate"] * evidence["mask_collapse"]),
+            hosts=len(pattern.hosts),
+            targeted=None if semantic is None else bool(evidence["cluster_share"] >= 0.5),
+            evidence=evidence,
+        ))
+    boxes[~flagged] = -1
+    seconds["score"] = time.perf_counter() - clock
+    return Detection(
+        method="mine",
+        scores=scores,
+        flagged=flagged,
+        boxes=boxes,
+        threshold=0.5,
+        bank=bank,
+        seconds=seconds,
+        warnings=warnings,
+        details={"candidates": candidates_report, "cells": int(len(gap)), "mined_images": int(len(mined)), "pattern_of_sample": which},
+    )

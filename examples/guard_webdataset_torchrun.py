@@ -1,6 +1,6 @@
 """Train from WebDataset shards on several processes, with quarantined samples dropped before decoding.
 
-    torchrun --nproc_per_node=2 examples/guard_webdataset_torchrun.py "shards/shard-{000000..000009}.tar" \
+    torchrun --standalone --nproc_per_node=2 examples/guard_webdataset_torchrun.py "shards/shard-{000000..000009}.tar" \
         --quarantine runs/scan-1/quarantine.json
 
 Each rank reads its own shards (`split_by_node`), each DataLoader worker its own share of those
@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"rank {os.environ.get('RANK', '0')} %(name)s: %(message)s")
 
+    import numpy as np
     import torch
     import torch.distributed as dist
     import webdataset as wds
-    from torchvision import transforms
 
     from ssl_guard.guard import SampleGuard
 
@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     rank = dist.get_rank() if distributed else 0
 
     guard = SampleGuard(args.quarantine, root=args.root)
-    transform = transforms.Compose([transforms.Resize((args.resolution, args.resolution)), transforms.ToTensor()])
+
+    def transform(image):  # PIL image -> (3, R, R) float in [0, 1]
+        pixels = np.asarray(image.convert("RGB").resize((args.resolution, args.resolution)), dtype=np.float32) / 255.0
+        return torch.from_numpy(pixels).permute(2, 0, 1)
+
     dataset = (
         wds.WebDataset(args.shards, shardshuffle=False, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, empty_check=False)
         .select(guard.keep)  # on raw samples: the quarantined ones are never decoded

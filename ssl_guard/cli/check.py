@@ -274,7 +274,11 @@ def command(
 
     verdict, code, notes = evaluate(manifest, limit, exit_zero, stale, incomplete)
     skipped, more_notes = _skipped_from(run_dir)
-    outcome = Outcome(verdict, code, manifest, limit, artifact_prefix(manifest.provenance.root), notes + more_notes, skipped, str(run_dir) if run_dir else None)
+    # paths are shown relative to where DATA is now, not where the manifest was made (another machine)
+    from ssl_guard.data import resolve_sources
+
+    prefix = artifact_prefix(resolve_sources(data).root)
+    outcome = Outcome(verdict, code, manifest, limit, prefix, notes + more_notes, skipped, str(run_dir) if run_dir else None)
 
     text = render(outcome, fmt)
     if fmt is Format.github:

@@ -212,3 +212,11 @@ def test_scan_failures_exit_2_never_1(fake_scan, capsys):
     outcome["raise"] = RuntimeError("CUDA out of memory")
     assert check() == 2
     assert "scan failed: RuntimeError: CUDA out of memory" in capsys.readouterr().err
+
+
+def test_paths_are_relative_to_the_data_here_not_where_the_manifest_was_made(repo, capsys):
+    raw = json.loads((repo / "flagged.json").read_text())
+    raw["provenance"]["root"] = "/home/someone/checkout/data/shards"  # written on a laptop, checked in CI
+    (repo / "laptop.json").write_text(json.dumps(raw))
+    assert check("-q", "laptop.json", "--format", "github") == 1
+    assert capsys.readouterr().out.startswith("::error file=data/shards/shard-000000.tar,")

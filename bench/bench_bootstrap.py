@@ -35,7 +35,7 @@ def image_files(root: Path, count: int, seed: int) -> list[str]:
 def run(files: list[str], resolution: int, width: int, arch: str, batch_size: int, workers: int) -> dict:
     import torch
 
-    from ssl_guard.encoders.bootstrap import BootstrapConfig, bootstrap
+    from ssl_guard.encoders.bootstrap import BootstrapConfig, bootstrap, training_threads
 
     config = BootstrapConfig(epochs=1, batch_size=batch_size, resolution=resolution, width=width, arch=arch, workers=workers)
     load_before = os.getloadavg()[0]
@@ -51,7 +51,7 @@ def run(files: list[str], resolution: int, width: int, arch: str, batch_size: in
         "width": width,
         "batch_size": batch_size,
         "workers": workers,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": training_threads(workers) or torch.get_num_threads(),
         "steps": state["step"],
         "loop_seconds": round(state["seconds"], 1),
         "call_seconds": round(total, 1),
@@ -71,15 +71,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads via OMP_NUM_THREADS (0 = bootstrap's own choice)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"no data at {args.data}")
-    import torch
-
     if args.threads:
-        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by torch at import; bootstrap then keeps it
+    import torch
     print(f"# {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {args.data}", flush=True)
     files = image_files(args.data, args.steps * args.batch_size, args.seed)
     for resolution in args.resolutions:

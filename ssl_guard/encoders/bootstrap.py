@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
@@ -193,10 +195,10 @@ def _encoder_config(config: BootstrapConfig) -> tuple[EncoderConfig, Encoder | N
         return EncoderConfig(**values), None
     init = load_encoder(config.init, device="cpu")
     explicit = config.model_fields_set
-    for field in ("arch", "width", "stem"):
-        if field in explicit and getattr(config, field) != getattr(init.config, field):
+    for name in ("arch", "width", "stem"):
+        if name in explicit and getattr(config, name) != getattr(init.config, name):
             raise ConfigError(
-                f"--{field} {getattr(config, field)} disagrees with the init encoder's {getattr(init.config, field)}",
+                f"--{name} {getattr(config, name)} disagrees with the init encoder's {getattr(init.config, name)}",
                 "drop the option: the architecture comes from --init",
             )
     resolution = config.resolution if "resolution" in explicit else init.config.resolution
@@ -211,6 +213,23 @@ def _parameter_groups(modules: Sequence[torch.nn.Module], weight_decay: float) -
         for parameter in module.parameters():
             (decay if parameter.ndim > 1 else no_decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def training_threads(workers: int) -> int | None:
+    """Torch CPU threads for training next to `workers` decoding processes, or None to leave as is.
+
+    Torch defaults to one thread per core, and the decoding workers need cores too; the
+    oversubscribed threads then spin-wait on each other. Measured on 2 shared cores at 32 px,
+    2 threads beside 2 workers gave 21 images/s and 1 thread 70 (bench/RESULTS.md). An explicit
+    OMP_NUM_THREADS is left alone.
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - workers))
 
 
 def _run_config_differences(saved: dict[str, Any], config: BootstrapConfig) -> list[str]:
@@ -288,99 +307,56 @@ def bootstrap(
     encoder.to(target)
     head.to(target)
     optimizer = torch.optim.SGD(_parameter_groups([encoder, head], config.weight_decay), lr=config.lr, momentum=config.momentum)
-    modules = {"encoder": encoder, "head": head}
-
     batch_size = min(config.batch_size, images)
-    steps_per_epoch = max(1, images // batch_size)
-    peak_lr = config.lr * batch_size / 256
+    run = _Run(
+        sources=sources,
+        encoder=encoder,
+        head=head,
+        optimizer=optimizer,
+        config=config,
+        device=target,
+        checkpoint_dir=checkpoint_dir,
+        batch_size=batch_size,
+        steps_per_epoch=max(1, images // batch_size),
+        record={
+            "config": config.model_dump(mode="json"),
+            "encoder_config": encoder_config.model_dump(mode="json"),
+            "data_fingerprint": fingerprint,
+            "images": images,
+            "batch_size": batch_size,
+            "device": str(target),
+            **init_provenance,
+        },
+    )
+    counters = _Counters(planned=config.epochs)
     if state is not None:
-        state = load_checkpoint(checkpoint_dir, modules, optimizer)
-        epoch, step, planned, seconds = state["epochs_done"], state["step"], state["planned_epochs"], state["seconds"]
-        losses: list[float] = state["losses"]
-    else:
-        epoch, step, planned, seconds, losses = 0, 0, config.epochs, 0.0, []
-    base: dict[str, Any] = {
-        "config": config.model_dump(mode="json"),
-        "encoder_config": encoder_config.model_dump(mode="json"),
-        "data_fingerprint": fingerprint,
-        "images": images,
-        "batch_size": batch_size,
-        "steps_per_epoch": steps_per_epoch,
-        "device": str(target),
-        **init_provenance,
-    }
-    decode_resolution = int(math.ceil(encoder_config.resolution * DECODE_SCALE))
-    budget = config.max_minutes * 60 if config.max_minutes else None
-    stopped_early = False
-    skipped: list[Skipped] = []
+        state = load_checkpoint(checkpoint_dir, run.modules, optimizer)
+        counters = _Counters(state["epochs_done"], state["step"], state["planned_epochs"], state["seconds"], state["losses"])
 
-    bar = _progress_bar(progress)
-    task = bar.add_task(f"epoch {epoch + 1}/{planned}", total=planned * steps_per_epoch, completed=step, loss=float("nan"), rate=0.0)
-    with bar:
-        while epoch < planned and not stopped_early:
-            started = time.perf_counter()
-            seen = 0
-            epoch_losses: list[float] = []
-            skipped = []
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-            rng = np.random.default_rng([config.seed, epoch])
-            encoder.train()
-            head.train()
-            bar.update(task, description=f"epoch {epoch + 1}/{planned}")
-            batches = epoch_batches(sources, decode_resolution, batch_size, rng, config.workers, config.shuffle_buffer, skipped)
-            for batch in batches:
-                pixels = torch.from_numpy(batch).to(target, non_blocking=True)
-                views = torch.cat([simclr_view(pixels, encoder_config.resolution, generator, config.jitter_strength) for _ in range(2)])
-                projections = head(encoder.pooled(views))
-                loss = nt_xent(*projections.chunk(2), temperature=config.temperature)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"the loss diverged (it is {loss.item()}) at step {step}", "lower --lr or raise --temperature")
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(step, planned * steps_per_epoch, peak_lr, config.warmup)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                seen += len(batch)
-                epoch_losses.append(float(loss.detach()))
-                elapsed = time.perf_counter() - started
-                bar.update(task, completed=step, loss=epoch_losses[-1], rate=seen / max(elapsed, 1e-9))
-                if budget is not None and seconds + elapsed > budget:
-                    stopped_early = True
-                    break
-            if stopped_early:
-                batches.close()  # stop the decoding workers now
-            seconds += time.perf_counter() - started
-            epoch += 1
-            losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
-            if budget is not None and not stopped_early:
-                # re-plan so that the cosine schedule ends within the budget
-                affordable = int((budget - seconds) // (seconds / epoch))
-                planned = max(epoch, min(config.epochs, epoch + affordable))
-                stopped_early = planned < config.epochs and planned == epoch
-                bar.update(task, total=planned * steps_per_epoch)
-            save_checkpoint(
-                checkpoint_dir,
-                modules,
-                optimizer,
-                dict(base, epochs_done=epoch, step=step, planned_epochs=planned, seconds=seconds, losses=losses, finished=False),
-            )
+    threads_before = torch.get_num_threads()
+    threads = training_threads(config.workers) if target.type == "cpu" else None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        _train(run, counters, progress)
+    finally:
+        torch.set_num_threads(threads_before)
 
     training = {
         "method": "simclr",
         "data_fingerprint": fingerprint,
         "data_images": images,
-        "data_skipped": len(skipped),
-        "epochs": epoch,
-        "steps": step,
+        "data_skipped": len(counters.skipped),
+        "epochs": counters.epoch,
+        "steps": counters.step,
         "batch_size": batch_size,
         "lr": config.lr,
         "temperature": config.temperature,
-        "minutes": round(seconds / 60, 2),
+        "minutes": round(counters.seconds / 60, 2),
         "seed": config.seed,
         "device": str(target),
-        "final_loss": losses[-1] if losses else None,
-        "stopped_by_time_budget": bool(stopped_early and epoch < config.epochs),
+        "final_loss": counters.losses[-1] if counters.losses else None,
+        "stopped_by_time_budget": counters.stopped_by_budget,
         **init_provenance,
     }
     encoder.config = encoder_config.model_copy(update={"training": training})
@@ -390,6 +366,102 @@ def bootstrap(
     mark_finished(checkpoint_dir)
     return encoder
 
+
+@dataclass
+class _Run:
+    """What stays fixed during a bootstrap run."""
+
+    sources: Sources
+    encoder: Encoder
+    head: ProjectionHead
+    optimizer: torch.optim.Optimizer
+    config: BootstrapConfig
+    device: torch.device
+    checkpoint_dir: Path
+    batch_size: int
+    steps_per_epoch: int
+    record: dict[str, Any]  # written into every checkpoint's state
+
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"encoder": self.encoder, "head": self.head}
+
+
+@dataclass
+class _Counters:
+    """What a checkpoint restores: progress through the schedule."""
+
+    epoch: int = 0
+    step: int = 0
+    planned: int = 1
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    stopped_by_budget: bool = False
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def _train(run: _Run, counters: _Counters, progress: bool) -> None:
+    """The epoch loop: train, checkpoint after every epoch, honour the time budget."""
+    config, encoder, head, optimizer = run.config, run.encoder, run.head, run.optimizer
+    resolution = encoder.config.resolution
+    decode_resolution = int(math.ceil(resolution * DECODE_SCALE))
+    peak_lr = config.lr * run.batch_size / 256
+    budget = config.max_minutes * 60 if config.max_minutes else None
+    bar = _progress_bar(progress)
+    task = bar.add_task("", total=counters.planned * run.steps_per_epoch, completed=counters.step, loss=float("nan"), rate=0.0)
+    with bar:
+        while counters.epoch < counters.planned and not counters.stopped_by_budget:
+            started = time.perf_counter()
+            seen = 0
+            epoch_losses: list[float] = []
+            counters.skipped = []
+            # each epoch's randomness depends only on (seed, epoch): a resumed run replays it exactly
+            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + counters.epoch)
+            rng = np.random.default_rng([config.seed, counters.epoch])
+            encoder.train()
+            head.train()
+            bar.update(task, description=f"epoch {counters.epoch + 1}/{counters.planned}")
+            batches = epoch_batches(run.sources, decode_resolution, run.batch_size, rng, config.workers, config.shuffle_buffer, counters.skipped)
+            for batch in batches:
+                pixels = torch.from_numpy(batch).to(run.device, non_blocking=True)
+                views = torch.cat([simclr_view(pixels, resolution, generator, config.jitter_strength) for _ in range(2)])
+                projections = head(encoder.pooled(views))
+                loss = nt_xent(*projections.chunk(2), temperature=config.temperature)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"the loss diverged (it is {loss.item()}) at step {counters.step}", "lower --lr or raise --temperature")
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(counters.step, counters.planned * run.steps_per_epoch, peak_lr, config.warmup)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                counters.step += 1
+                seen += len(batch)
+                epoch_losses.append(float(loss.detach()))
+                elapsed = time.perf_counter() - started
+                bar.update(task, completed=counters.step, loss=epoch_losses[-1], rate=seen / max(elapsed, 1e-9))
+                if budget is not None and counters.seconds + elapsed > budget:
+                    counters.stopped_by_budget = True
+                    break
+            batches.close()  # stops the decoding workers when the epoch was cut short
+            counters.seconds += time.perf_counter() - started
+            counters.epoch += 1
+            counters.losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
+            if budget is not None and not counters.stopped_by_budget and counters.epoch < counters.planned:
+                # re-plan so that the cosine schedule ends within the budget
+                affordable = int((budget - counters.seconds) // (counters.seconds / counters.epoch))
+                counters.planned = max(counters.epoch, min(config.epochs, counters.epoch + affordable))
+                counters.stopped_by_budget = counters.planned < config.epochs and counters.planned == counters.epoch
+                bar.update(task, total=counters.planned * run.steps_per_epoch)
+            state = dict(
+                run.record,
+                epochs_done=counters.epoch,
+                step=counters.step,
+                planned_epochs=counters.planned,
+                seconds=counters.seconds,
+                losses=counters.losses,
+                finished=False,
+            )
+            save_checkpoint(run.checkpoint_dir, run.modules, optimizer, state)
 
 def _progress_bar(enabled: bool):
     from rich.console import Console

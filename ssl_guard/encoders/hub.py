@@ -171,7 +171,7 @@ def _load_hub(spec: str) -> Encoder:
             library_name="ssl-guard",
         )
     except GatedRepoError:
-        raise EncoderError(f"{spec} is gated", f"accept its terms on the Hub, then log in with `hf auth login`") from None
+        raise EncoderError(f"{spec} is gated", "accept its terms on the Hub, then log in with `hf auth login`") from None
     except RevisionNotFoundError:
         raise EncoderNotFoundError(f"{spec}: revision {revision!r} not found", "check the branch, tag or commit sha") from None
     except RepositoryNotFoundError:

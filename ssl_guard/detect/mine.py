@@ -58,7 +58,8 @@ class MineConfig(pydantic.BaseModel):
     seed_fraction: float = pydantic.Field(0.02, gt=0, le=1, description="share of mined cells kept as seeds")
     link_similarity: float = pydantic.Field(0.92, gt=0, lt=1)
     min_hosts: int | None = pydantic.Field(None, ge=2, description="fewest distinct images a candidate must span")
-    max_candidates: int = pydantic.Field(12, ge=1)
+    max_candidates: int = pydantic.Field(8, ge=1, description="candidates verified per mining round")
+    min_round_images: int = pydantic.Field(1500, ge=100, description="smallest nested subsample mined")
     match_residual: float = pydantic.Field(0.35, gt=0, lt=1, description="normalised pixel residual below which a pattern matches")
     min_flip_rate: float = pydantic.Field(0.8, ge=0, le=1)
     min_mask_collapse: float = pydantic.Field(0.8, ge=0, le=1)
@@ -67,6 +68,7 @@ class MineConfig(pydantic.BaseModel):
     prevalence_guard: float = pydantic.Field(0.2, gt=0, le=1, description="a pattern in more than this share of the data is reported, not quarantined")
     fill: str = pydantic.Field("blur", pattern="^(blur|mean)$")
     batch_size: int = pydantic.Field(256, ge=1)
+    report_maps: int = pydantic.Field(48, ge=0, description="match maps kept for the report's top suspects")
     seed: int = 0
 
     def resolved(self, n: int) -> "MineConfig":
@@ -179,6 +181,14 @@ def _cell_index(vectors: np.ndarray):
     index.add(vectors)
     index.nprobe = 16
     return index
+
+
+def _nested_samples(rows: np.ndarray, rng: np.random.Generator, smallest: int) -> list[np.ndarray]:
+    """`rows`, then a random quarter of it, a quarter of that, ... while at least `smallest`."""
+    rounds = [rows]
+    while len(rounds[-1]) // 4 >= smallest:
+        rounds.append(np.sort(rng.choice(rounds[-1], len(rounds[-1]) // 4, replace=False)))
+    return rounds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,6 +482,22 @@ def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor
     return out, corner
 
 
+def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], which: np.ndarray, thresholds: np.ndarray, device: torch.device) -> dict[int, np.ndarray]:
+    """Where in each image its best pattern matches: row -> (R, R) float16 in [0, 1], 1 where the
+    window centred there is an exact copy, 0 at twice the pattern's threshold and beyond."""
+    maps: dict[int, np.ndarray] = {}
+    for row in rows.tolist():
+        t = int(which[row])
+        template = templates[t]
+        residual = match_residual(_as_float(images[row : row + 1], device), template)[0]
+        heat = (1.0 - residual / (2 * float(thresholds[t]))).clamp(0, 1)
+        h, w = template.shape[1:]
+        full = torch.zeros(images.shape[-2:], device=heat.device)
+        full[h // 2 : h // 2 + heat.shape[0], w // 2 : w // 2 + heat.shape[1]] = heat
+        maps[int(row)] = full.cpu().numpy().astype(np.float16)
+    return maps
+
+
 def calibrate(host_residuals: np.ndarray, sample_residuals: np.ndarray, ceiling: float) -> tuple[float, float]:
     """A pattern's match threshold and how cleanly it separates its copies from everything else.
 
@@ -549,18 +575,22 @@ def detect_mine(
     cells = Cells(*(np.concatenate([getattr(p, f) for p in cells_parts]) for f in ("vectors", "image", "y", "x")))
     seconds["descriptors"] = time.perf_counter() - clock
 
-    # 2. recurrence
+    # 2-3. recurrence and candidates, on nested subsamples: the gap score needs a trigger's copies
+    # to be fewer than `far_rank` per descriptor, which holds at some subsample size whatever the
+    # poison rate (all images for rare poisons, a quarter or a sixteenth for frequent ones)
     clock = time.perf_counter()
-    advance = stage("mine: recurrence", 1)
-    gap, sims, ids = recurrence_gap(cells, config.near_rank, config.far_rank)
-    advance(1)
+    groups: list[np.ndarray] = []
+    rounds = _nested_samples(mined, rng, config.min_round_images)
+    advance = stage("mine: recurrence", len(rounds))
+    for subset in rounds:
+        keep = np.nonzero(np.isin(cells.image, subset))[0]
+        part = Cells(cells.vectors[keep], cells.image[keep], cells.y[keep], cells.x[keep])
+        gap, sims, ids = recurrence_gap(part, config.near_rank, config.far_rank)
+        seeds = max(200, int(config.seed_fraction * len(gap)))
+        found = candidate_groups(part, gap, sims, ids, seeds, config.link_similarity, max(3, int(config.min_hosts * len(subset) / len(mined))))
+        groups.extend(keep[g] for g in found[: config.max_candidates])
+        advance(1)
     seconds["recurrence"] = time.perf_counter() - clock
-
-    # 3. candidates
-    clock = time.perf_counter()
-    seeds = max(200, int(config.seed_fraction * len(gap)))
-    groups = candidate_groups(cells, gap, sims, ids, seeds, config.link_similarity, config.min_hosts)[: config.max_candidates]
-    seconds["candidates"] = time.perf_counter() - clock
 
     # 4. verification
     clock = time.perf_counter()
@@ -610,7 +640,7 @@ def detect_mine(
         detection = Detection.empty("mine", n, threshold=0.5)
         detection.warnings.append("no repeated pattern passed verification: nothing quarantined")
         detection.seconds = seconds
-        detection.details = {"candidates": candidates_report, "cells": int(len(gap)), "mined_images": int(len(mined))}
+        detection.details = {"candidates": candidates_report, "cells": int(len(cells.image)), "mined_images": int(len(mined))}
         return detection
     advance = stage("mine: score", n)
     templates = [pattern.template for pattern, _, _ in accepted]
@@ -644,6 +674,7 @@ def detect_mine(
             evidence=evidence,
         ))
     boxes[~flagged] = -1
+    maps = match_maps(images, np.argsort(-scores, kind="stable")[: config.report_maps], templates, which, thresholds, device)
     seconds["score"] = time.perf_counter() - clock
     return Detection(
         method="mine",
@@ -652,7 +683,8 @@ def detect_mine(
         boxes=boxes,
         threshold=0.5,
         bank=bank,
+        maps=maps,
         seconds=seconds,
         warnings=warnings,
-        details={"candidates": candidates_report, "cells": int(len(gap)), "mined_images": int(len(mined)), "pattern_of_sample": which},
+        details={"candidates": candidates_report, "cells": int(len(cells.image)), "mined_images": int(len(mined)), "pattern_of_sample": which},
     )

@@ -1,0 +1,41 @@
+"""Settings of the `scan` command, in one place: every default a scan uses lives here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+
+from ssl_guard.detect.mine import MineConfig
+
+Method = Literal["auto", "mine", "poisoncam", "patchsearch", "ensemble"]
+
+# The default descriptor network for `mine` when no trained encoder is given: a seeded random
+# ResNet-18 at 64 px. Its stem sees about 11 px per cell, the size of a patch trigger at 64 px,
+# and needs no training (bench/RESULTS.md compares it with bootstrapped encoders).
+DEFAULT_MINING_ENCODER = "random:resnet18?width=64&resolution=64&seed=0"
+
+
+class ScanConfig(pydantic.BaseModel):
+    """What a scan does; hashed into the run folder so that a changed setting invalidates the stages
+    it affects."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    encoder: str = pydantic.Field("auto", description="hub:org/name[@rev], a folder, random:..., bootstrap, or auto")
+    method: Method = "auto"
+    resolution: int | None = pydantic.Field(None, ge=16, le=1024, description="scan resolution; default: the encoder's")
+    batch_size: int = pydantic.Field(256, ge=1)
+    workers: int = pydantic.Field(2, ge=0)
+    max_pixels: int = pydantic.Field(64_000_000, ge=1)
+    semantic_clusters: int | None = pydantic.Field(None, ge=1, description="k-means clusters of the embeddings; default from N")
+    top_suspects: int = pydantic.Field(24, ge=0, le=500)
+    seed: int = 0
+    mine: MineConfig = pydantic.Field(default_factory=MineConfig)
+    cluster: dict = pydantic.Field(default_factory=dict, description="ClusterMaskingConfig overrides for poisoncam/patchsearch")
+    bootstrap: dict = pydantic.Field(default_factory=dict, description="BootstrapConfig overrides for --encoder bootstrap")
+
+
+def semantic_cluster_count(n: int) -> int:
+    """k-means clusters for the targeted/untargeted test: about 100 images per cluster, 2..100."""
+    return 1 if n < 4 else int(min(100, max(2, n // 100)))

@@ -1,0 +1,167 @@
+"""Embed stage: decode every sample once, keep its scan-resolution pixels and its embedding.
+
+Each data unit (shard or folder group) is written to `units/NNNNNN.npz` as soon as it is done, so
+an interrupted scan (even `kill -9`) redoes only the units it had not finished. The units are then
+concatenated, in unit order, into two memmaps: the image cache `images.u8` (N, 3, R, R) uint8 that
+every later stage reads instead of decoding again, and `embeddings.f16` (N, D) float16. Memory stays
+flat: one batch in flight per DataLoader worker, one unit at a time while assembling.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ssl_guard.data import SampleId, Skipped, Sources, stream_batches
+from ssl_guard.run import RunFolder, write_csv
+
+UNITS_DIR = "units"
+
+
+def unit_file(index: int) -> str:
+    return f"{UNITS_DIR}/{index:06d}.npz"
+
+
+@dataclass
+class ScanArrays:
+    """The assembled per-sample arrays of a run, row-aligned.
+
+    images: (N, 3, R, R) uint8 read-only memmap; embeddings: (N, D) float16 read-only memmap,
+    L2-normalised rows; ids and labels: per row; skipped: samples that could not be read.
+    """
+
+    ids: list[SampleId]
+    labels: list[str]
+    units: np.ndarray
+    images: np.ndarray
+    embeddings: np.ndarray
+    skipped: list[Skipped]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _embed_batch(encoder: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+    pixels = torch.from_numpy(images).to(device, non_blocking=True)
+    pixels = pixels.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return encoder(pixels).float().cpu().numpy().astype(np.float16)
+
+
+def embed_units(
+    run: RunFolder,
+    sources: Sources,
+    unit_indices: list[int],
+    encoder: torch.nn.Module,
+    resolution: int,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    max_pixels: int,
+    advance: Callable[[int], None] = lambda k: None,
+) -> int:
+    """Embed the given units that have no finished unit file yet; returns how many samples it read.
+
+    A unit file is written atomically when its last batch arrives, so a unit file on disk is always
+    complete.
+    """
+    todo = [i for i in unit_indices if not (run / unit_file(i)).is_file()]
+    pending: dict[int, dict[str, list]] = {}
+    read = 0
+    for batch in stream_batches(sources, resolution, batch_size, workers, todo, max_pixels):
+        part = pending.setdefault(batch.unit, {"ids": [], "labels": [], "images": [], "embeddings": [], "skipped": []})
+        if len(batch.ids):
+            part["ids"].extend(batch.ids)
+            part["labels"].extend(label or "" for label in batch.labels)
+            part["images"].append(batch.images)
+            part["embeddings"].append(_embed_batch(encoder, batch.images, device))
+            read += len(batch.ids)
+        advance(len(batch.ids) + len(batch.skipped))
+        if batch.last:
+            part["skipped"].extend(batch.skipped)
+            _write_unit(run, batch.unit, pending.pop(batch.unit), resolution, _embed_dim(encoder))
+    return read
+
+
+def _embed_dim(encoder: torch.nn.Module) -> int:
+    return int(encoder.config.embed_dim)
+
+
+def _write_unit(run: RunFolder, index: int, part: dict[str, list], resolution: int, dim: int) -> None:
+    images = np.concatenate(part["images"]) if part["images"] else np.zeros((0, 3, resolution, resolution), np.uint8)
+    embeddings = np.concatenate(part["embeddings"]) if part["embeddings"] else np.zeros((0, dim), np.float16)
+    run.save_npz(
+        unit_file(index),
+        sources=np.array([i.source for i in part["ids"]], dtype=str),
+        keys=np.array([i.key for i in part["ids"]], dtype=str),
+        labels=np.array(part["labels"], dtype=str),
+        images=images,
+        embeddings=embeddings,
+        skipped_sources=np.array([s.id.source for s in part["skipped"]], dtype=str),
+        skipped_keys=np.array([s.id.key for s in part["skipped"]], dtype=str),
+        skipped_reasons=np.array([s.reason for s in part["skipped"]], dtype=str),
+    )
+
+
+def assemble(run: RunFolder, unit_count: int, resolution: int, dim: int) -> ScanArrays:
+    """Concatenate the unit files, in unit order, into the run's memmaps and tables."""
+    counts = []
+    for index in range(unit_count):
+        with np.load(run / unit_file(index), allow_pickle=False) as data:
+            counts.append(len(data["keys"]))
+    n = int(sum(counts))
+    images = np.lib.format.open_memmap(run / "images.u8.npy", mode="w+", dtype=np.uint8, shape=(n, 3, resolution, resolution))
+    embeddings = np.lib.format.open_memmap(run / "embeddings.f16.npy", mode="w+", dtype=np.float16, shape=(n, dim))
+    rows, skipped, unit_of_row = [], [], np.zeros(n, np.int32)
+    at = 0
+    for index in range(unit_count):
+        data = run.load_npz(unit_file(index))
+        k = len(data["keys"])
+        images[at : at + k] = data["images"]
+        embeddings[at : at + k] = data["embeddings"]
+        unit_of_row[at : at + k] = index
+        rows.extend(zip(data["sources"].tolist(), data["keys"].tolist(), data["labels"].tolist()))
+        skipped.extend(Skipped(SampleId(s, k_), r) for s, k_, r in zip(data["skipped_sources"].tolist(), data["skipped_keys"].tolist(), data["skipped_reasons"].tolist()))
+        at += k
+    images.flush()
+    embeddings.flush()
+    del images, embeddings
+    write_csv(run / "samples.csv", ["row", "source", "key", "label", "unit"], ((i, s, k, lab, int(unit_of_row[i])) for i, (s, k, lab) in enumerate(rows)))
+    write_csv(run / "skipped.csv", ["source", "key", "reason"], ((s.id.source, s.id.key, s.reason) for s in skipped))
+    np.save(run / "units.npy", unit_of_row)
+    return open_arrays(run)
+
+
+def open_arrays(run: RunFolder) -> ScanArrays:
+    """Open an assembled run's arrays read-only."""
+    import csv
+
+    with open(run / "samples.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    with open(run / "skipped.csv", newline="") as handle:
+        skipped = [Skipped(SampleId(r["source"], r["key"]), r["reason"]) for r in csv.DictReader(handle)]
+    images = np.load(run / "images.u8.npy", mmap_mode="r")
+    embeddings = np.load(run / "embeddings.f16.npy", mmap_mode="r")
+    return ScanArrays(
+        ids=[SampleId(r["source"], r["key"]) for r in table],
+        labels=[r["label"] for r in table],
+        units=np.load(run / "units.npy"),
+        images=images,
+        embeddings=embeddings,
+        skipped=skipped,
+    )
+
+
+def timed(function: Callable, *args, **kwargs):
+    """(result, seconds) of one call."""
+    clock = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - clock
+
+
+__all__ = ["ScanArrays", "embed_units", "assemble", "open_arrays", "unit_file", "timed", "Path"]

@@ -1,0 +1,452 @@
+"""`scan`: the whole guard, top to bottom (DESIGN §2).
+
+    sources ─► encoder ─► embed (per unit, resumable) ─► assemble ─► semantic clusters
+            ─► detectors (mine; poisoncam / patchsearch with a trained threat model) ─► combine
+            ─► outputs: scores.csv, quarantine.json, report.json, report.html
+
+Every stage records its input key in the run folder; a re-run with `resume=True` skips what is
+finished and redoes what a changed input or setting invalidated. Under `torchrun`, each rank
+embeds its own units (a strided split, each unit exactly once) and rank 0 runs the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ssl_guard import __version__
+from ssl_guard.config import DEFAULT_MINING_ENCODER, ScanConfig, semantic_cluster_count
+from ssl_guard.data import resolve_sources, select_units
+from ssl_guard.detect.embed import UNITS_DIR, ScanArrays, assemble, embed_units, open_arrays
+from ssl_guard.detect.result import Detection
+from ssl_guard.errors import ConfigError, EmptyDatasetError
+from ssl_guard.run import RunFolder, RunState, stable_hash, write_csv
+
+
+@dataclass
+class ScanResult:
+    """What a scan produced: counts, the manifest, and where the run folder is."""
+
+    run_dir: Path
+    n_samples: int
+    n_skipped: int
+    n_flagged: int
+    quarantine: object
+    incomplete: bool
+    detection: Detection
+    report: object = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def scan(
+    data: Sequence[str],
+    out: str | Path,
+    *,
+    encoder: str = "auto",
+    method: str = "auto",
+    device: str = "auto",
+    workers: int = 2,
+    resume: bool = False,
+    seed: int = 0,
+    baseline: str | Path | None = None,
+    progress: bool = True,
+    **overrides,
+) -> ScanResult:
+    """Scan `data` for poisoned samples and write the run folder `out`.
+
+    Args:
+        data: image folders, shards, shard folders or brace patterns.
+        out: the run folder; must be new unless `resume`.
+        encoder: "auto" (a random stem for `mine`), "bootstrap", "hub:org/name[@rev]", a folder, or "random:...".
+        method: "auto" (`mine`, plus `poisoncam` when the encoder is a trained SSL model),
+            "mine", "poisoncam", "patchsearch" or "ensemble" (mine + poisoncam).
+        baseline: a reviewed-decisions file; its false positives stay out of the quarantine.
+        overrides: any other `ScanConfig` field (e.g. `resolution`, `mine={...}`).
+    Raises:
+        GuardError subclasses for user errors (bad path, empty data, bad encoder, run folder in use).
+    """
+    import torch
+
+    from ssl_guard.encoders import resolve_device
+
+    try:
+        config = ScanConfig(encoder=encoder, method=method, workers=workers, seed=seed, **overrides)
+    except Exception as error:  # pydantic's message names the field
+        raise ConfigError(f"invalid scan setting: {error}".splitlines()[0] + " " + str(error).splitlines()[-1].strip()) from None
+    sources = resolve_sources(list(data))
+    if not sources.units:
+        raise EmptyDatasetError("the dataset holds no image or shard", "check the path: folders are searched recursively for images and .tar shards")
+    rank, world = _distributed()
+    run = RunFolder(Path(out), resume=resume or rank > 0)
+    target = resolve_device(device)
+    torch.manual_seed(config.seed)
+    timings: dict[str, tuple[float, int]] = {}
+    bar = _progress(progress and rank == 0)
+    with bar if bar is not None else nullcontext():
+        if rank == 0:
+            run.start(RunState(tool_version=__version__, data=[str(d) for d in data], config=config.model_dump(mode="json")))
+        _barrier(world)
+        if rank > 0:
+            run = RunFolder(Path(out), resume=True)
+        net = _encoder(config, run, data, target, rank, world)
+        resolution = config.resolution or int(net.config.resolution)
+
+        # embed: each rank its own units; a changed encoder or dataset starts the stage afresh
+        from ssl_guard.quarantine import fingerprint_sources
+
+        fingerprints = fingerprint_sources(sources)
+        embed_key = stable_hash([f.model_dump() for f in fingerprints], net.spec, _weights_hash(net), resolution, config.max_pixels)
+        if rank == 0:
+            _reset_if_changed(run, embed_key)
+        _barrier(world)
+        clock = time.perf_counter()
+        if not run.done("embed", embed_key):
+            mine_units = select_units(len(sources.units), rank, world)
+            advance = _task(bar, "embed", None)
+            embed_units(run, sources, mine_units, net, resolution, config.batch_size, config.workers, target, config.max_pixels, advance)
+            _barrier(world)
+            _gather_units(run, len(sources.units), rank, world)
+            if rank != 0:
+                return _follower_result(run)
+            arrays = assemble(run, len(sources.units), resolution, int(net.config.embed_dim))
+            run.finish("embed", embed_key, time.perf_counter() - clock, len(arrays))
+        elif rank != 0:
+            return _follower_result(run)
+        else:
+            arrays = open_arrays(run)
+        timings["embed"] = (run.record("embed").seconds, len(arrays))
+        if len(arrays) == 0:
+            raise EmptyDatasetError(f"no readable image in {len(sources.units)} unit(s); {len(arrays.skipped)} sample(s) could not be read", "see skipped.csv in the run folder")
+
+        # semantic clusters: the targeted/untargeted test of each pattern reads them
+        semantic_key = stable_hash(embed_key, config.semantic_clusters, config.seed)
+        clock = time.perf_counter()
+        if not run.done("semantic", semantic_key):
+            semantic = _semantic_clusters(arrays.embeddings, config.semantic_clusters or semantic_cluster_count(len(arrays)), config.seed)
+            np.save(run / "semantic.npy", semantic)
+            run.finish("semantic", semantic_key, time.perf_counter() - clock, len(arrays))
+        semantic = np.load(run / "semantic.npy")
+        timings["semantic"] = (run.record("semantic").seconds, len(arrays))
+
+        # detectors
+        detections: list[Detection] = []
+        for name in _detectors(config.method, net):
+            key = stable_hash(semantic_key, name, config.mine if name == "mine" else config.cluster, resolution)
+            stage = f"detect-{name}"
+            if not run.done(stage, key):
+                clock = time.perf_counter()
+                detection = _run_detector(name, arrays, semantic, net, config, target, bar, resolution)
+                _save_detection(run, stage, detection)
+                run.finish(stage, key, time.perf_counter() - clock, len(arrays))
+            detections.append(_load_detection(run, stage))
+            timings[stage] = (run.record(stage).seconds, len(arrays))
+        detection = combine(detections)
+
+        from ssl_guard.detect.outputs import write_outputs
+
+        quarantine, report = write_outputs(run, sources, fingerprints, arrays, detection, net, config, resolution, timings, baseline)
+    return ScanResult(
+        run_dir=run.path,
+        n_samples=len(arrays),
+        n_skipped=len(arrays.skipped),
+        n_flagged=len(quarantine.entries),
+        quarantine=quarantine,
+        incomplete=bool(arrays.skipped),
+        detection=detection,
+        report=report,
+        seconds={k: v[0] for k, v in timings.items()},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder and detectors
+
+
+def _encoder(config: ScanConfig, run: RunFolder, data: Sequence[str], device, rank: int, world: int):
+    """The threat model: loaded, random, or bootstrapped into RUN_DIR/encoder (rank 0 trains)."""
+    from ssl_guard.encoders import load_encoder
+
+    spec = config.encoder
+    if spec == "auto":
+        spec = DEFAULT_MINING_ENCODER
+        if config.resolution:
+            spec = spec.replace("resolution=64", f"resolution={config.resolution}")
+    if spec != "bootstrap":
+        return load_encoder(spec, device)
+    from ssl_guard.encoders.bootstrap import BootstrapConfig, bootstrap
+
+    folder = run / "encoder"
+    settings = BootstrapConfig(**{"resolution": config.resolution or 64, "seed": config.seed, "workers": config.workers, **config.bootstrap})
+    if rank == 0 and not (folder / "model.safetensors").is_file():
+        bootstrap(list(data), folder, settings, device=device, resume=(folder / "checkpoint").is_dir(), progress=True)
+    _barrier(world)
+    return load_encoder(str(folder), device)
+
+
+def _reset_if_changed(run: RunFolder, embed_key: str) -> None:
+    """Drop unit files and every finished stage when the data or the encoder changed; unit files
+    of an interrupted run with the same inputs are kept (that is the shard-level resume)."""
+    marker = run / UNITS_DIR / "key.txt"
+    if marker.is_file() and marker.read_text().strip() == embed_key:
+        return
+    shutil.rmtree(run / UNITS_DIR, ignore_errors=True)
+    for stage in list(run.state.stages):
+        run.invalidate(stage)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(embed_key)
+
+
+def _is_trained(net) -> bool:
+    return bool(getattr(net.config, "ssl_method", None))
+
+
+def _detectors(method: str, net) -> list[str]:
+    if method == "auto":
+        return ["mine", "poisoncam"] if _is_trained(net) else ["mine"]
+    if method == "ensemble":
+        return ["mine", "poisoncam"]
+    return [method]
+
+
+def _run_detector(name: str, arrays: ScanArrays, semantic: np.ndarray, net, config: ScanConfig, device, bar, resolution: int) -> Detection:
+    if name == "mine":
+        from ssl_guard.detect.mine import detect_mine
+        from ssl_guard.encoders import load_encoder
+
+        # the descriptor network: the threat model's stem when it is an ImageNet-stem CNN at the
+        # scan resolution, else the seeded random stem (whose cells suit a 64 px patch)
+        if net.config.stem == "imagenet":
+            describer = net
+        else:
+            describer = load_encoder(DEFAULT_MINING_ENCODER.replace("resolution=64", f"resolution={resolution}"), device)
+        stage = config.mine.stage
+
+        def features(x):
+            return describer.feature_maps(x, [stage])[0]
+
+        return detect_mine(arrays.images, features, describer.stage_stride(stage), semantic, config.mine, device, bar)
+    from ssl_guard.detect.poisoncam import ClusterMaskingConfig, detect_clusters
+
+    return detect_clusters(arrays.images, arrays.embeddings, net, ClusterMaskingConfig(**config.cluster), name, device, bar)
+
+
+def combine(detections: list[Detection]) -> Detection:
+    """One verdict from several detectors: flagged if any fired; each score is first mapped so
+    that its detector's threshold sits at 0.5, and the highest wins; `details["detector"]` names,
+    per sample, the detectors that flagged it (or the one that scored highest)."""
+    if len(detections) == 1:
+        only = detections[0]
+        only.details["detector"] = np.array([only.method] * len(only.scores), dtype=object)
+        return only
+    n = len(detections[0].scores)
+    mapped = np.stack([_calibrated(d) for d in detections])
+    best = mapped.argmax(axis=0)
+    flagged = np.zeros(n, bool)
+    names = []
+    for i in range(n):
+        fired = [d.method for d in detections if d.flagged[i]]
+        names.append("+".join(fired) if fired else detections[best[i]].method)
+    for d in detections:
+        flagged |= d.flagged
+    boxes = np.full((n, 4), -1, np.int32)
+    for d in reversed(detections):  # the first detector's box wins where several fired
+        boxes = np.where(d.flagged[:, None], d.boxes, boxes)
+    merged = Detection(
+        method="+".join(d.method for d in detections),
+        scores=mapped.max(axis=0).astype(np.float32),
+        flagged=flagged,
+        boxes=boxes,
+        threshold=0.5,
+        bank=[p for d in detections for p in d.bank],
+        maps={k: v for d in detections for k, v in d.maps.items()},
+        seconds={f"{d.method}:{k}": v for d in detections for k, v in d.seconds.items()},
+        warnings=[f"{d.method}: {w}" for d in detections for w in d.warnings],
+        details={"detector": np.array(names, dtype=object), "per_detector": {d.method: _summary(d) for d in detections}},
+    )
+    return merged
+
+
+def _summary(d: Detection) -> dict:
+    return {"flagged": int(d.flagged.sum()), "threshold": float(d.threshold), "bank": len(d.bank)}
+
+
+def _calibrated(d: Detection) -> np.ndarray:
+    """Monotone map of a detector's scores to [0, 1] with its threshold at 0.5."""
+    s = d.scores.astype(np.float64)
+    if len(s) == 0:
+        return s
+    lo, hi, t = float(s.min()), float(s.max()), float(d.threshold)
+    if not np.isfinite(t):
+        return np.clip(0.5 * (s - lo) / max(hi - lo, 1e-12), 0, 0.5)
+    below = 0.5 * (s - lo) / max(t - lo, 1e-12)
+    above = 0.5 + 0.5 * (s - t) / max(hi - t, 1e-12)
+    return np.clip(np.where(s < t, below, above), 0, 1)
+
+
+def _semantic_clusters(embeddings: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Spherical k-means (faiss) of the embeddings: (N,) int32 cluster ids."""
+    import faiss
+
+    n = len(embeddings)
+    k = max(1, min(k, n))
+    if k == 1:
+        return np.zeros(n, np.int32)
+    sample = np.random.default_rng(seed).choice(n, min(n, 256 * k), replace=False)
+    train = np.ascontiguousarray(embeddings[np.sort(sample)], dtype=np.float32)
+    kmeans = faiss.Kmeans(train.shape[1], k, niter=20, spherical=True, seed=seed, verbose=False)
+    kmeans.train(train)
+    labels = np.zeros(n, np.int32)
+    for start in range(0, n, 65536):
+        block = np.ascontiguousarray(embeddings[start : start + 65536], dtype=np.float32)
+        labels[start : start + len(block)] = kmeans.index.search(block, 1)[1][:, 0]
+    return labels
+
+
+def _save_detection(run: RunFolder, stage: str, d: Detection) -> None:
+    import json
+
+    bank = [
+        {"pixels": p.pixels, "host": p.host, "box": list(p.box), "score": p.score, "hosts": p.hosts, "targeted": p.targeted, "evidence": p.evidence}
+        for p in d.bank
+    ]
+    meta = {
+        "method": d.method,
+        "threshold": d.threshold,
+        "seconds": d.seconds,
+        "warnings": d.warnings,
+        "details": {k: v for k, v in d.details.items() if not isinstance(v, np.ndarray)},
+        "bank": [{k: v for k, v in b.items() if k != "pixels"} for b in bank],
+    }
+    arrays = {f"bank_{i}": b["pixels"] for i, b in enumerate(bank)}
+    arrays.update({f"map_{row}": m for row, m in d.maps.items()})
+    run.save_npz(f"{stage}.npz", scores=d.scores, flagged=d.flagged, boxes=d.boxes, meta=np.array(json.dumps(meta, default=_jsonable)), **arrays)
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _load_detection(run: RunFolder, stage: str) -> Detection:
+    import json
+
+    from ssl_guard.detect.result import TriggerPattern
+
+    data = run.load_npz(f"{stage}.npz")
+    meta = json.loads(str(data["meta"]))
+    bank = [
+        TriggerPattern(pixels=data[f"bank_{i}"], host=b["host"], box=tuple(b["box"]), score=b["score"], hosts=b["hosts"], targeted=b["targeted"], evidence=b["evidence"])
+        for i, b in enumerate(meta["bank"])
+    ]
+    maps = {int(k[4:]): v for k, v in data.items() if k.startswith("map_")}
+    return Detection(meta["method"], data["scores"], data["flagged"], data["boxes"], meta["threshold"], bank, maps, meta["seconds"], meta["warnings"], meta["details"])
+
+
+def _weights_hash(net) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed (torchrun): ranks split the units; rank 0 gathers them and runs the rest
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _gather_units(run: RunFolder, count: int, rank: int, world: int) -> None:
+    """Bring every unit file to rank 0's run folder: nothing to do on a shared filesystem; over
+    separate disks, each rank sends the unit files rank 0 does not see."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    from ssl_guard.detect.embed import unit_file
+    from ssl_guard.run import atomic_write_bytes
+
+    missing = [i for i in range(count) if not (run / unit_file(i)).is_file()] if rank == 0 else None
+    box = [missing]
+    dist.broadcast_object_list(box, src=0)
+    missing = box[0]
+    payload = {i: (run / unit_file(i)).read_bytes() for i in missing if (run / unit_file(i)).is_file()} if rank != 0 else {}
+    gathered = [None] * world if rank == 0 else None
+    dist.gather_object(payload, gathered, dst=0)
+    if rank == 0:
+        for part in gathered:
+            for index, blob in (part or {}).items():
+                atomic_write_bytes(run / unit_file(index), blob)
+    dist.barrier()
+
+
+def _follower_result(run: RunFolder) -> ScanResult:
+    """What a non-zero rank returns: it embedded its units; rank 0 owns the outputs."""
+    return ScanResult(run_dir=run.path, n_samples=0, n_skipped=0, n_flagged=0, quarantine=None, incomplete=False, detection=Detection.empty("follower", 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    class _Rate(TextColumn):
+        def __init__(self) -> None:
+            super().__init__("")
+
+        def render(self, task):  # items per second, with the unit the stage counts
+            from rich.text import Text
+
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f}/s" if speed else "", style="cyan")
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+
+
+def _task(bar, name: str, total: int | None):
+    if bar is None:
+        return lambda k: None
+    task = bar.add_task(name, total=total)
+    return lambda k: bar.advance(task, k)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

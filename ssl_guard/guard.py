@@ -65,28 +65,40 @@ def load_quarantine(
 
 
 class _Counter:
-    """Two int64 counters (seen, dropped) shared with DataLoader workers.
+    """Counters (seen, dropped) shared with DataLoader workers, one pair per process.
 
-    Workers are forked or spawned with the dataset; a `multiprocessing.Array` travels to them by
-    inheritance, so their increments are visible in the parent. Pickled any other way (a deepcopy,
-    a save), the copy starts fresh counters of its own.
+    Workers are forked or spawned with the dataset; the shared array travels to them by inheritance,
+    so their counts are visible in the parent. Each process writes only its own slot (the main
+    process slot 0, worker i slot 1 + i), so no lock is taken per sample. Pickled any other way (a
+    deepcopy, a save), the copy starts fresh counters of its own.
     """
 
+    SLOTS = 257  # the main process and up to 256 workers; beyond that, workers share slots
+
     def __init__(self) -> None:
-        self._array = multiprocessing.get_context("spawn").Array("q", 2)
+        self._array = multiprocessing.get_context("spawn").Array("q", 2 * self.SLOTS, lock=False)
+        self._pid: int | None = None
+        self._slot = 0
+
+    def _offset(self) -> int:
+        pid = os.getpid()
+        if pid != self._pid:  # first use in this process: find out which worker it is
+            info = torch.utils.data.get_worker_info()
+            self._slot = 0 if info is None else 1 + info.id % (self.SLOTS - 1)
+            self._pid = pid
+        return 2 * self._slot
 
     def add(self, seen: int, dropped: int) -> None:
-        with self._array.get_lock():
-            self._array[0] += seen
-            self._array[1] += dropped
+        offset = self._offset()
+        self._array[offset] += seen
+        self._array[offset + 1] += dropped
 
     def get(self) -> tuple[int, int]:
-        with self._array.get_lock():
-            return int(self._array[0]), int(self._array[1])
+        values = self._array[:]
+        return int(sum(values[0::2])), int(sum(values[1::2]))
 
     def reset(self) -> None:
-        with self._array.get_lock():
-            self._array[0] = self._array[1] = 0
+        self._array[:] = [0] * (2 * self.SLOTS)
 
     def __getstate__(self) -> dict:
         if _mp_context.get_spawning_popen() is not None:
@@ -97,7 +109,7 @@ class _Counter:
         if state["array"] is None:
             self.__init__()
         else:
-            self._array = state["array"]
+            self._array, self._pid, self._slot = state["array"], None, 0
 
 
 def _worker_tag() -> str:
@@ -301,12 +313,19 @@ class GuardedDataset(torch.utils.data.Dataset):
         self.dataset = dataset
         self.guard = SampleGuard(quarantine, root=root, baseline=baseline, data=data, allow_stale=allow_stale)
         ids = id_of or self._folder_ids(dataset)
+        quarantined = self.guard.quarantine.ids()
         kept: list[int] = []
+        dropped: list[tuple[str, str]] = []
         for index in range(len(dataset)):
-            if self.guard.keep_id(*ids(index)):
+            sample_id = ids(index)
+            if sample_id in quarantined:
+                dropped.append(sample_id)
+            else:
                 kept.append(index)
+        self.guard._counter.add(len(dataset), len(dropped))
+        self.guard.dropped_ids.extend(dropped)
         self.indices = kept
-        self.dropped_ids = list(self.guard.dropped_ids)
+        self.dropped_ids = dropped
         found = set(self.dropped_ids)
         # quarantined ids of files this dataset holds but under another name would show up here;
         # a large number usually means the wrong root
@@ -327,19 +346,22 @@ class GuardedDataset(torch.utils.data.Dataset):
         root = self.guard.root
         real_dirs: dict[str, str] = {}
 
+        prefix = root + os.sep
+        cut = len(prefix)
+
         def ids(index: int) -> tuple[str, str]:
             path = path_of(index)
-            folder, name = os.path.split(os.path.abspath(path))
+            folder, name = os.path.split(path)
             real = real_dirs.get(folder)
             if real is None:  # realpath once per folder, not per image: the scan resolved links too
-                real = real_dirs[folder] = os.path.realpath(folder)
-            full = os.path.join(real, name)
-            if not full.startswith(root + os.sep):
+                real = real_dirs[folder] = os.path.realpath(folder) + os.sep
+            full = real + name
+            if not full.startswith(prefix):
                 raise GuardError(
                     f"{path} is not under the quarantine's root {root}",
                     "pass root= the folder that was scanned (the data may have moved)",
                 )
-            source = Path(os.path.relpath(full, root)).as_posix()
+            source = full[cut:] if os.sep == "/" else full[cut:].replace(os.sep, "/")
             return source, os.path.splitext(source)[0]
 
         return ids

@@ -221,7 +221,8 @@ def _scan(data: list[str], out: Optional[Path], **kwargs: Any) -> tuple[Any, boo
     except Exception as error:  # a model or I/O failure must exit 2, never look like a finding (1)
         traceback.print_exc(file=sys.stderr)
         raise GuardError(f"scan failed: {type(error).__name__}: {error}", "see the traceback above; the data was not checked") from None
-    return result.quarantine, bool(result.incomplete), Path(result.run_dir)
+    incomplete = bool(result.incomplete) or result.n_skipped > 0 or result.quarantine.n_skipped > 0
+    return result.quarantine, incomplete, Path(result.run_dir)
 
 
 def command(

@@ -221,6 +221,8 @@ def _scan(data: list[str], out: Optional[Path], **kwargs: Any) -> tuple[Any, boo
     except Exception as error:  # a model or I/O failure must exit 2, never look like a finding (1)
         traceback.print_exc(file=sys.stderr)
         raise GuardError(f"scan failed: {type(error).__name__}: {error}", "see the traceback above; the data was not checked") from None
+    if result.quarantine is None:
+        return None, False, Path(result.run_dir)
     incomplete = bool(result.incomplete) or result.n_skipped > 0 or result.quarantine.n_skipped > 0
     return result.quarantine, incomplete, Path(result.run_dir)
 
@@ -270,7 +272,11 @@ def command(
             stale = error.message
             manifest = Quarantine.load(quarantine, baseline=reviewed)
     else:
-        raw, incomplete, run_dir = _scan(data, out, encoder=encoder, method=method, device=device, workers=workers, resume=resume, seed=seed)
+        raw, incomplete, run_dir = _scan(
+            data, out, encoder=encoder, method=method, device=device, workers=workers, resume=resume, seed=seed, baseline=baseline
+        )
+        if raw is None:  # a follower rank under torchrun: rank 0 reports for all
+            return
         manifest = raw.with_baseline(reviewed)
 
     verdict, code, notes = evaluate(manifest, limit, exit_zero, stale, incomplete)

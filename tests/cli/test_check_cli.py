@@ -220,3 +220,20 @@ def test_paths_are_relative_to_the_data_here_not_where_the_manifest_was_made(rep
     (repo / "laptop.json").write_text(json.dumps(raw))
     assert check("-q", "laptop.json", "--format", "github") == 1
     assert capsys.readouterr().out.startswith("::error file=data/shards/shard-000000.tar,")
+
+
+@pytest.mark.slow
+def test_real_scan_with_an_unreadable_image_exits_2(image_folder, tmp_path, monkeypatch, capsys):
+    """The full path end to end: the real pipeline scans, the check refuses to pass an incomplete scan,
+    and the manifest it wrote gives the same verdict through --quarantine."""
+    data = tmp_path / "images"
+    shutil.copytree(image_folder, data)
+    (data / "circles" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    monkeypatch.chdir(tmp_path)
+    rc = main(["check", "images", "--out", "run", "--workers", "0", "--format", "json", "--exit-zero"])
+    payload = json.loads(capsys.readouterr().out)
+    assert rc == 2 and payload["verdict"] == "incomplete"
+    assert payload["counts"]["scanned"] == 48 and payload["counts"]["skipped"] == 1
+    assert [s["source"] for s in payload["skipped"]] == ["circles/broken.png"]  # read from the run's report.json
+    assert (tmp_path / "run" / "quarantine.json").is_file()
+    assert main(["check", "images", "--quarantine", "run", "--exit-zero"]) == 2  # same verdict from the manifest

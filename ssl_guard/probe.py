@@ -53,30 +53,48 @@ def knn_predict(train: np.ndarray, train_labels: np.ndarray, query: np.ndarray, 
     return votes.argmax(axis=1)
 
 
-def linear_predict(
-    train: np.ndarray, train_labels: np.ndarray, query: np.ndarray, classes: int, steps: int = 300, seed: int = 0
-) -> np.ndarray:
-    """Class of each query row from a multinomial logistic regression fitted on `train` (full batch,
-    L-BFGS, small weight decay); shapes as in `knn_predict`."""
-    import torch
+def linear_predict(train: np.ndarray, train_labels: np.ndarray, query: np.ndarray, classes: int, steps: int = 300) -> np.ndarray:
+    """Class of each query row from a multinomial logistic regression fitted on `train`; shapes as
+    in `knn_predict`."""
+    return linear_apply(fit_linear(train, train_labels, classes, steps), query)
 
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(np.asarray(train, np.float32))
-    y = torch.from_numpy(np.asarray(train_labels, np.int64))
-    weight = (0.01 * torch.randn(x.shape[1], classes, generator=generator)).requires_grad_()
-    bias = torch.zeros(classes, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
-    scale = 10.0  # unit-norm features give tiny logits; a fixed scale lets L-BFGS converge quickly
 
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(scale * x @ weight + bias, y) + 1e-4 * weight.pow(2).sum()
-        loss.backward()
-        return loss
+def linear_apply(weights: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """(M,) int classes of `query` (M, D) under `weights` (D + 1, C) from `fit_linear`."""
+    q = np.asarray(query, np.float32)
+    return (np.hstack([q * 10.0, np.ones((len(q), 1), np.float32)]) @ weights).argmax(axis=1)
 
-    optimizer.step(closure)
-    with torch.no_grad():
-        return (scale * torch.from_numpy(np.asarray(query, np.float32)) @ weight + bias).argmax(1).numpy()
+
+def fit_linear(train: np.ndarray, train_labels: np.ndarray, classes: int, steps: int = 300) -> np.ndarray:
+    """(D + 1, C) weights of a multinomial logistic regression on `train` (N, D), labels (N,) int.
+
+    Full-batch Nesterov gradient descent from zero on the cross-entropy of `10 * x @ W + b` plus a
+    small L2 penalty: a convex problem, so the fit is deterministic and needs no seed. Plain numpy,
+    as torch's optimizers cost seconds to import for a problem this small.
+    """
+    x = np.asarray(train, np.float32)
+    x = np.hstack([x * 10.0, np.ones((len(x), 1), np.float32)])  # unit-norm features give tiny logits: scale them
+    targets = np.eye(classes, dtype=np.float32)[np.asarray(train_labels)]
+    penalty = 1e-4
+    # step 1/L, L bounding the loss's curvature: 0.5 * the top eigenvalue of x.T x / n (power
+    # iteration, with a 10% margin for its under-estimate) plus the penalty's
+    vector = np.ones(x.shape[1], np.float32) / np.sqrt(x.shape[1])
+    for _ in range(30):
+        vector = x.T @ (x @ vector) / len(x)
+        top = float(np.linalg.norm(vector))
+        vector /= top
+    step = 1.0 / (0.55 * top + 2 * penalty)
+    weights = np.zeros((x.shape[1], classes), np.float32)
+    previous = weights
+    for t in range(1, steps + 1):
+        look = weights + (t - 1) / (t + 2) * (weights - previous)
+        logits = x @ look
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        gradient = x.T @ (probabilities - targets) / len(x) + 2 * penalty * look
+        previous, weights = weights, look - step * gradient
+    return weights
 
 
 @dataclass
@@ -120,11 +138,12 @@ def backdoor_effect(train: Embedded, clean_val: Embedded, triggered: Embedded, t
     number = {name: i for i, name in enumerate(classes)}
     train_labels = np.array([number[label] for label in train.labels])
     target_index = number[target]
+    weights = fit_linear(train.features, train_labels, len(classes)) if probe == "linear" else None
 
     def predict(features: np.ndarray) -> np.ndarray:
-        if probe == "knn":
+        if weights is None:
             return knn_predict(train.features, train_labels, features, len(classes), k)
-        return linear_predict(train.features, train_labels, features, len(classes))
+        return linear_apply(weights, features)
 
     def truth(split: Embedded) -> np.ndarray:
         # a validation class absent from training can never be predicted right: -1 marks it

@@ -258,8 +258,8 @@ def poison_dataset(
     `split="train"` poisons `round(rate * N)` images of `target_class` (corner band 0.25-0.75);
     `split="val"` triggers every image (band 0.10-0.90) and takes no rate. Folder sources are
     shuffled into the shards (seeded) unless `shuffle=False`; shard sources keep their order.
-    The shards are built in a hidden sibling folder and moved into place at the end, then the
-    truth is written atomically: an interrupted run leaves neither.
+    The shards are built in a hidden sibling folder (removed on any error) and moved into place
+    only when complete; the truth is then written atomically, so neither is ever half-written.
 
     Raises:
         ConfigError, RunDirError, DataNotFoundError, EmptyDatasetError: bad arguments or paths.

@@ -69,14 +69,23 @@ def fake_scan(monkeypatch):
     return result
 
 
-def test_scan_folder(image_folder, tmp_path, fake_scan, capsys):
+@pytest.mark.slow
+def test_scan_folder_with_the_real_scan(image_folder, tmp_path, capsys):
+    rc = _load("scan_folder.py").main([str(image_folder), "--out", str(tmp_path / "run"), "--workers", "0"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.startswith("scanned 48 samples, 0 unreadable,") and "ssl-guard check" in out
+    q = Quarantine.load(tmp_path / "run", data=[str(image_folder)])  # a current manifest for the folder
+    assert q.n_scanned == 48 and f"flagged -> {tmp_path / 'run'}" in out
+
+
+def test_scan_folder_lists_the_flagged(image_folder, tmp_path, fake_scan, capsys):
     files = sorted(p.relative_to(image_folder).as_posix() for p in image_folder.rglob("*.png"))
     fake_scan["quarantine"] = build_quarantine([str(image_folder)], [_entry(files[4], files[4][:-4])], n_scanned=len(files))
     rc = _load("scan_folder.py").main([str(image_folder), "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert rc == 0
     assert f"scanned {len(files)} samples, 0 unreadable, 1 flagged" in out and files[4] in out
-    assert (tmp_path / "run" / "quarantine.json").is_file() and "ssl-guard check" in out
 
 
 def test_guard_dataloader(image_folder, tmp_path, capsys):

@@ -16,7 +16,7 @@ def command(
     data: options.DataPaths = options.DATA,
     quarantine: Path = typer.Option(..., "--quarantine", "-q", help="quarantine.json (or a scan's run folder) made for DATA."),
     out: Path = typer.Option(..., "--out", "-o", help="New folder for the cleaned shards (or images); the input is never modified."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Reviewed decisions [default: .ssl-guard-baseline.json when present]."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Reviewed decisions (default: .ssl-guard-baseline.json when present)."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Use the manifest even if DATA changed since the scan."),
 ) -> None:
     """Write cleaned shards to OUT, leaving out quarantined samples, with OUT/removed.json listing them."""

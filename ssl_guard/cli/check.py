@@ -180,25 +180,27 @@ def render(outcome: Outcome, fmt: Format) -> str:
 
 def _render_text(outcome: Outcome, top: int = 20) -> str:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(record=True, width=120, file=io.StringIO(), force_terminal=False)
     q = outcome.quarantine
     colour = {"clean": "green", "poison found": "red", "stale": "yellow", "incomplete": "yellow"}[outcome.verdict]
     console.print(f"[bold {colour}]ssl-guard check: {outcome.verdict}[/] (exit {outcome.exit_code})")
-    for name, value in outcome.counts().items():
-        console.print(f"  {name}: {value}")
+    for name, value in outcome.counts().items():  # sample names and paths come from the data: never markup
+        console.print(f"  {name}: {escape(str(value))}")
     for note in outcome.notes:
-        console.print(f"  [yellow]note:[/] {note}")
+        console.print(f"  [yellow]note:[/] {escape(note)}")
     if q.entries:
         table = Table(title=f"flagged samples (top {min(top, len(q.entries))} of {len(q.entries)})")
         for column in ("source", "key", "score", "detector", "reason"):
             table.add_column(column, justify="right" if column == "score" else "left")
         for entry in sorted(q.entries, key=lambda e: -e.score)[:top]:
-            table.add_row(outcome.artifact_prefix + entry.source, entry.key, f"{entry.score:.3f}", entry.detector, entry.reason)
+            table.add_row(*(Text(v) for v in (outcome.artifact_prefix + entry.source, entry.key, f"{entry.score:.3f}", entry.detector, entry.reason)))
         console.print(table)
     if outcome.run_dir:
-        console.print(f"  run folder: {outcome.run_dir}")
+        console.print(f"  run folder: {escape(outcome.run_dir)}")
     return console.export_text()
 
 
@@ -234,11 +236,11 @@ def command(
     exit_zero: bool = typer.Option(False, "--exit-zero", help="Exit 0 even when flagged samples exceed --fail-on (stale or incomplete still fail)."),
     fmt_name: str = typer.Option("text", "--format", "-f", help="Output: text, json, sarif (2.1.0) or github (annotations + step summary)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the formatted output to this file instead of stdout."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Reviewed decisions [default: .ssl-guard-baseline.json when present]."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Reviewed decisions (default: .ssl-guard-baseline.json when present)."),
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Use a manifest even if DATA changed since the scan."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder for the scan (default: a new temporary folder)."),
-    encoder: str = typer.Option("auto", "--encoder", help="Encoder for the scan: hub:org/name[@rev], a folder, bootstrap or auto."),
-    method: str = typer.Option("auto", "--method", help="Detector for the scan: auto, mine, poisoncam or patchsearch."),
+    encoder: str = typer.Option("auto", "--encoder", help="Encoder for the scan: hub:org/name@rev, a folder, bootstrap or auto."),
+    method: str = typer.Option("auto", "--method", help="Detector for the scan: auto, mine, poisoncam, patchsearch or ensemble."),
     device: str = options.DEVICE,
     workers: int = options.WORKERS,
     seed: int = options.SEED,

@@ -22,7 +22,7 @@ def command(
     ),
     note: str = typer.Option("", "--note", help="Why: recorded with the decision."),
     baseline: Path = typer.Option(Path(".ssl-guard-baseline.json"), "--baseline", help="Baseline file to update (created if absent)."),
-    reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Who reviewed [default: the current user]."),
+    reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Who reviewed (default: the current user)."),
 ) -> None:
     """Without --false-positive, list the findings and their review status; with it, record decisions."""
     from ssl_guard.baseline import Baseline

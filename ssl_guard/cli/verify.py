@@ -19,7 +19,7 @@ NAME = "verify"
 def command(
     files: Optional[List[Path]] = typer.Argument(None, help="Changed shards or images (as pre-commit passes them); none: verify all the data."),
     quarantine: List[Path] = typer.Option(..., "--quarantine", "-q", help="quarantine.json or run folder; repeat for several datasets."),
-    data: Optional[List[Path]] = typer.Option(None, "--data", help="Data root of each --quarantine, in the same order [default: the root recorded in the manifest]."),
+    data: Optional[List[Path]] = typer.Option(None, "--data", help="Data root of each --quarantine, in the same order (default: the root recorded in the manifest)."),
 ) -> None:
     """Fail when changed data files are not covered by a current quarantine manifest (light: no torch)."""
     from ssl_guard.errors import ConfigError, UncoveredDataError

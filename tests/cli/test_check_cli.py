@@ -237,3 +237,10 @@ def test_real_scan_with_an_unreadable_image_exits_2(image_folder, tmp_path, monk
     assert [s["source"] for s in payload["skipped"]] == ["circles/broken.png"]  # read from the run's report.json
     assert (tmp_path / "run" / "quarantine.json").is_file()
     assert main(["check", "images", "--quarantine", "run", "--exit-zero"]) == 2  # same verdict from the manifest
+
+
+def test_hostile_keys_are_printed_verbatim(repo, capsys):
+    entry = _entry("shard-000000.tar", "[/bold][red]x[/] <script>")
+    build_quarantine([str(repo / "data" / "shards")], [entry], n_scanned=N).write(repo / "hostile.json")
+    assert check("-q", "hostile.json") == 1
+    assert "[/bold][red]x[/] <script>" in capsys.readouterr().out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
@@ -93,7 +94,7 @@ class Outcome:
             "flagged": q.n_flagged,
             "suppressed by baseline": len(q.suppressed),
             "fail on more than": self.fail_on.describe(),
-            "threshold": q.threshold,
+            "threshold": q.threshold if q.threshold is not None and math.isfinite(q.threshold) else None,  # JSON has no inf
             "method": q.provenance.method,
             "encoder": q.provenance.encoder + (f"@{q.provenance.encoder_revision}" if q.provenance.encoder_revision else ""),
         }

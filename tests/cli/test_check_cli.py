@@ -244,3 +244,10 @@ def test_hostile_keys_are_printed_verbatim(repo, capsys):
     build_quarantine([str(repo / "data" / "shards")], [entry], n_scanned=N).write(repo / "hostile.json")
     assert check("-q", "hostile.json") == 1
     assert "[/bold][red]x[/] <script>" in capsys.readouterr().out
+
+
+def test_an_infinite_threshold_still_gives_standard_json(repo, capsys):
+    q = build_quarantine([str(repo / "data" / "shards")], [], n_scanned=N, threshold=float("inf"))
+    q.write(repo / "inf.json")
+    assert check("-q", "inf.json", "--format", "sarif") == 0
+    json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))

@@ -1,0 +1,145 @@
+"""Cluster stage (DESIGN §2 step 3): faiss spherical k-means over the embeddings and the cluster head.
+
+The "cluster model" of PoisonCAM (arXiv 2312.07955, §3) and PatchSearch (CVPR 2023, §3.1) is the
+encoder followed by cosine similarity to the k-means centroids; a temperature softmax over those
+similarities gives each image's activation of a cluster. Masking a trigger throws a poisoned image
+out of its cluster (a large drop of that activation), and pasting a trigger drags clean images in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+# faiss subsamples to this many points per centroid for training; we sample ourselves so that a
+# float16 memmap of any size is never converted to float32 as a whole.
+_TRAIN_POINTS_PER_CENTROID = 256
+_ASSIGN_CHUNK = 65536
+
+
+def default_clusters(n: int) -> int:
+    """Number of k-means clusters for `n` images.
+
+    About 100 images per cluster (PatchSearch's 1,000 clusters for 126k images is ~126; the
+    CPU-scaled anchor setting is 50 clusters for 5,000), at most 1,000, and never fewer than about
+    sqrt(n)/2 so that a small set still splits into a few clusters (a trigger needs a cluster of its
+    own to be found).
+    """
+    if n <= 1:
+        return max(n, 1)
+    floor = max(2, round(math.sqrt(n) / 2))
+    return int(min(n, max(floor, min(1000, round(n / 100)))))
+
+
+@dataclass
+class Clustering:
+    """k-means result.
+
+    centroids:   (K, D) float32, L2-normalised.
+    assignments: (N,) int64, each row's nearest centroid (cosine).
+    similarity:  (N,) float32, cosine to that centroid.
+    """
+
+    centroids: np.ndarray
+    assignments: np.ndarray
+    similarity: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return len(self.centroids)
+
+    def sizes(self) -> np.ndarray:
+        """(K,) int64 member count per cluster (0 for a cluster k-means left empty)."""
+        return np.bincount(self.assignments, minlength=self.k)
+
+    def members(self) -> list[np.ndarray]:
+        """Rows of each cluster, most central first."""
+        order = np.lexsort((-self.similarity, self.assignments))
+        bounds = np.cumsum(self.sizes())[:-1]
+        return np.split(order, bounds)
+
+
+def spherical_kmeans(embeddings: np.ndarray, k: int, iters: int = 20, seed: int = 0) -> Clustering:
+    """faiss spherical k-means of `embeddings` (N, D) float (rows L2-normalised) into `k` clusters.
+
+    Trained on at most 256 rows per centroid (faiss's own cap), then every row is assigned in
+    chunks, so a float16 memmap is read once and never held as float32 in full.
+    """
+    import faiss
+
+    n, d = embeddings.shape
+    k = max(1, min(int(k), n))
+    rng = np.random.default_rng(seed)
+    train_rows = np.sort(rng.choice(n, size=min(n, _TRAIN_POINTS_PER_CENTROID * k), replace=False))
+    train = _unit_rows(np.asarray(embeddings[train_rows], dtype=np.float32))
+    if k == 1:
+        centroids = _unit_rows(train.mean(axis=0, keepdims=True))
+    else:
+        kmeans = faiss.Kmeans(d, k, niter=iters, spherical=True, seed=seed, verbose=False, min_points_per_centroid=1)
+        kmeans.train(train)
+        centroids = _unit_rows(np.ascontiguousarray(kmeans.centroids, dtype=np.float32))
+    assignments = np.empty(n, np.int64)
+    similarity = np.empty(n, np.float32)
+    for start in range(0, n, _ASSIGN_CHUNK):
+        chunk = _unit_rows(np.asarray(embeddings[start : start + _ASSIGN_CHUNK], dtype=np.float32))
+        sims = chunk @ centroids.T
+        assignments[start : start + len(chunk)] = sims.argmax(axis=1)
+        similarity[start : start + len(chunk)] = sims.max(axis=1)
+    return Clustering(centroids, assignments, similarity)
+
+
+def reference_rows(clustering: Clustering, count: int) -> np.ndarray:
+    """`count` flip-test reference rows: the images nearest each centroid, taken round-robin.
+
+    PatchSearch pastes candidates onto the image nearest each centroid; with fewer clusters than
+    references we go on to the second nearest of each, and so on, so the set stays spread over all
+    clusters and holds their most typical (most stably assigned) members.
+    """
+    members = [m for m in clustering.members() if len(m)]
+    picked: list[int] = []
+    rank = 0
+    while len(picked) < count and members:
+        layer = [m[rank] for m in members if rank < len(m)]
+        if not layer:
+            break
+        picked.extend(int(r) for r in layer[: count - len(picked)])
+        rank += 1
+    return np.array(sorted(picked), dtype=np.int64)
+
+
+class ClusterHead(nn.Module):
+    """Encoder + cosine similarity to the centroids: `forward(x)` -> (B, K) logits cos/τ.
+
+    x is (B, 3, R, R) float in [0, 1]. The softmax of the logits over the K clusters is the cluster
+    activation that masking and the flip test read.
+    """
+
+    def __init__(self, encoder: nn.Module, centroids: np.ndarray, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("centroids", torch.as_tensor(_unit_rows(np.asarray(centroids, np.float32))))
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = nn.functional.normalize(self.encoder(x).float(), dim=1)
+        return z @ self.centroids.T / self.temperature
+
+    @torch.no_grad()
+    def activation(self, x: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
+        """(B,) softmax activation of cluster `clusters[b]` for each image."""
+        probs = self.forward(x).softmax(dim=1)
+        return probs.gather(1, clusters.view(-1, 1)).squeeze(1)
+
+    @torch.no_grad()
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) int64 nearest cluster of each image."""
+        return self.forward(x).argmax(dim=1)
+
+
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return a / np.maximum(norms, 1e-12)

@@ -148,6 +148,16 @@ def test_guarded_dataset_wraps_a_webdataset(shard_folder, shard_quarantine):
     assert seen == set(ids) - flagged and dataset.n_dropped == len(flagged)
 
 
+def test_guarded_webdataset_in_workers(shard_folder, shard_quarantine):
+    q, ids, flagged = shard_quarantine
+    source = wds.WebDataset(_pattern(shard_folder), shardshuffle=False, workersplitter=wds.split_by_worker, empty_check=False)
+    dataset = GuardedDataset(source, q)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)
+    seen = [(os.path.basename(s["__url__"]), s["__key__"]) for s in loader]
+    assert sorted(seen) == sorted(set(ids) - flagged)
+    assert dataset.stats() == type(dataset.stats())(seen=len(ids), dropped=len(flagged))
+
+
 def test_urls_relative_moved_or_prefixed_map_to_the_scanned_shard(shard_folder, shard_quarantine, tmp_path, monkeypatch):
     q, _, _ = shard_quarantine
     guard = SampleGuard(q)

@@ -90,3 +90,10 @@ def test_scan_hook_runs_check(repo):
     build_quarantine([str(repo / "data" / "shards")], [entry], n_scanned=48).write(repo / "flagged.json")
     done = _hook("ssl-guard-scan", "data/shards", "--quarantine", "flagged.json", "--format", "json", cwd=repo)
     assert done.returncode == 1 and '"verdict": "poison found"' in done.stdout
+
+
+def test_usage_errors_exit_2_not_1(repo):
+    done = _hook("ssl-guard-verify", "data/shards/shard-000000.tar", cwd=repo)  # --quarantine missing
+    assert done.returncode == 2 and "quarantine" in done.stderr.lower()
+    done = _hook("ssl-guard-scan", "--format", "json", cwd=repo)  # DATA missing
+    assert done.returncode == 2

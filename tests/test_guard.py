@@ -202,3 +202,12 @@ def test_counters_reach_spawned_workers(shard_folder, shard_quarantine):
     assert guard.stats().dropped == len(flagged)
     fresh = copy.deepcopy(guard)  # pickled outside a worker start: its own counters
     assert fresh.stats().seen == 0 and guard.stats().seen == len(ids)
+
+
+def test_guard_as_a_data_pipeline_stage(shard_folder, shard_quarantine):
+    q, ids, flagged = shard_quarantine
+    guard = SampleGuard(q)
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(_pattern(shard_folder)), wds.tarfile_to_samples(), wds.select(guard.keep), wds.to_tuple("__url__", "__key__")
+    )
+    assert {(os.path.basename(url), key) for url, key in pipeline} == set(ids) - flagged

@@ -36,7 +36,7 @@ from ssl_guard.encoders.augment import simclr_view
 from ssl_guard.encoders.backbones import Encoder, EncoderConfig, build_encoder
 from ssl_guard.encoders.checkpoint import load_checkpoint, mark_finished, read_state, save_checkpoint
 from ssl_guard.encoders.devices import resolve_device
-from ssl_guard.encoders.hub import _encoder_files, _write_atomic, load_encoder
+from ssl_guard.encoders.hub import encoder_files, load_encoder, write_atomic
 from ssl_guard.encoders.simclr import ProjectionHead, nt_xent
 from ssl_guard.errors import ConfigError, EmptyDatasetError, RunDirError
 
@@ -50,7 +50,7 @@ RESUME_FREE = ("workers", "max_minutes")
 class BootstrapConfig(pydantic.BaseModel):
     """SimCLR bootstrap settings; the defaults are the measured CPU trade-off (docs/bootstrap.md).
 
-    `lr` is the learning rate for a batch of 256, scaled linearly with `batch_size` (SimCLR §B.1).
+    `lr` is the learning rate for a batch of 256, scaled linearly with `batch_size` (SimCLR's default setting).
     `arch`, `width`, `stem` and `resolution` default to the `init` encoder's when `init` is given.
     `max_minutes` bounds the wall time: after each epoch the remaining epochs are re-planned so the
     cosine schedule ends within it; a run that exceeds it mid-epoch stops there.
@@ -361,8 +361,8 @@ def bootstrap(
     }
     encoder.config = encoder_config.model_copy(update={"training": training})
     encoder.eval()
-    for name, payload in _encoder_files(encoder).items():
-        _write_atomic(out / name, payload)
+    for name, payload in encoder_files(encoder).items():
+        write_atomic(out / name, payload)
     mark_finished(checkpoint_dir)
     return encoder
 

@@ -9,27 +9,16 @@ a weights file that disagrees with its counters.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ssl_guard.encoders.hub import write_atomic
 from ssl_guard.errors import RunDirError
 
 STATE_NAME = "state.json"
 FORMAT = 1
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -70,10 +59,10 @@ def save_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer
     optimizer_part, optimizer_meta = optimizer_tensors(optimizer)
     tensors.update(optimizer_part)
     weights_name = f"step-{step:08d}.safetensors"
-    _write_atomic(folder / weights_name, save(tensors, metadata={"format": "pt", "step": str(step)}))
+    write_atomic(folder / weights_name, save(tensors, metadata={"format": "pt", "step": str(step)}))
     previous = read_state(folder)
     record = dict(state, format=FORMAT, weights=weights_name, optimizer=optimizer_meta)
-    _write_atomic(folder / STATE_NAME, (json.dumps(record, indent=2) + "\n").encode())
+    write_atomic(folder / STATE_NAME, (json.dumps(record, indent=2) + "\n").encode())
     if previous and previous.get("weights") not in (None, weights_name):
         (folder / previous["weights"]).unlink(missing_ok=True)
 
@@ -102,7 +91,7 @@ def mark_finished(folder: Path) -> None:
     if state is None:
         raise RunDirError(f"{folder} holds no checkpoint", "start without --resume")
     state["finished"] = True
-    _write_atomic(Path(folder) / STATE_NAME, (json.dumps(state, indent=2) + "\n").encode())
+    write_atomic(Path(folder) / STATE_NAME, (json.dumps(state, indent=2) + "\n").encode())
 
 
 def load_checkpoint(folder: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer) -> dict[str, Any]:

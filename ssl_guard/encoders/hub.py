@@ -93,7 +93,7 @@ def _validated_config(values: dict[str, Any], where: str) -> EncoderConfig:
     except pydantic.ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(p) for p in first.get("loc", ())) or "config"
-        raise EncoderError(f"invalid encoder config in {where}: {field}: {first['msg']}", "fix the value or rebuild the encoder") from None
+        raise EncoderError(f"invalid encoder config in {where}: {field}: {first['msg']}", "fix the value, or upgrade ssl-guard if a newer version wrote it") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def load_encoder(spec: str, device: str | torch.device = "cpu") -> Encoder:
     elif not spec:
         raise EncoderError("empty encoder spec", "pass hub:org/name, a folder, or random")
     else:
-        encoder = _load_folder(Path(spec), spec=str(Path(spec)))
+        encoder = _load_folder(Path(spec).expanduser(), spec=str(Path(spec).expanduser()))
     return encoder.to(target).eval()
 
 
@@ -275,11 +275,11 @@ def save_encoder(encoder: Encoder, folder: Path, overwrite: bool = False) -> Pat
         raise EncoderError(f"{folder} is a file", "choose a folder path for the encoder")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise EncoderError(f"{folder} already exists and is not empty", "choose a new folder, or pass overwrite=True")
-    files = _encoder_files(encoder)
+    files = encoder_files(encoder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     if folder.is_dir() and any(folder.iterdir()):
         for name, data in files.items():
-            _write_atomic(folder / name, data)
+            write_atomic(folder / name, data)
         return folder
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
@@ -292,7 +292,8 @@ def save_encoder(encoder: Encoder, folder: Path, overwrite: bool = False) -> Pat
     return folder
 
 
-def _encoder_files(encoder: Encoder) -> dict[str, bytes]:
+def encoder_files(encoder: Encoder) -> dict[str, bytes]:
+    """The bytes of an encoder folder's files, by name."""
     from safetensors.torch import save
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
@@ -304,7 +305,8 @@ def _encoder_files(encoder: Encoder) -> dict[str, bytes]:
     }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp.write_bytes(data)

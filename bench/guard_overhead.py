@@ -25,7 +25,6 @@ def timed(fn):
 
 
 def main() -> None:
-    from ssl_guard.data import resolve_sources
     from ssl_guard.guard import GuardedDataset, SampleGuard
     from ssl_guard.quarantine import Provenance, Quarantine, QuarantineEntry, build_quarantine, check_coverage
 

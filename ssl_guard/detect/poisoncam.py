@@ -68,6 +68,7 @@ class ClusterMaskingConfig(BaseModel):
     classifier_steps: int | None = Field(None, ge=1)
     classifier_batch: int = Field(32, ge=2)
     classifier_width: int = Field(16, ge=4)
+    drop_floor: float = Field(0.1, ge=0, le=1, description="least activation drop when the window is occluded")
     control_ratio: float = Field(0.5, ge=0, le=1, description="a verified window flips at least 1/ratio times its control window")
     target_fpr: float = Field(0.01, gt=0, lt=1, description="held-out false-positive rate the threshold is set to")
     min_classifier_recall: float = Field(0.5, ge=0, le=1, description="held-out recall the classifier needs before its flags are used")
@@ -269,7 +270,7 @@ class _Run:
             self.progress.update(search_task, total=len(search.candidates), completed=len(search.candidates))
         cands = search.candidates
         verification = self.verification(cands)
-        passed = [c for c in cands if c.score >= verification.threshold]
+        passed = [c for c in cands if c.score >= verification.threshold and c.drop >= cfg.drop_floor]
         controls = self.control_rates(passed)
         verified = [c for c, ctrl in zip(passed, controls) if ctrl <= cfg.control_ratio * c.score]
         verified.sort(key=lambda c: -c.score)
@@ -387,7 +388,8 @@ class _Run:
         return cam.boxes, cam.maps, drop
 
     def verification(self, cands: list[Candidate]) -> _Verified:
-        """Least flip rate that verifies a window: `flip_floor`, raised to the first round's median
+        """Least flip rate that verifies a window (besides an activation drop of `drop_floor` when
+        the window is occluded, and a control window that flips far less): `flip_floor`, raised to the first round's median
         plus `flip_outlier` robust deviations. The first round samples every cluster alike, so it is
         mostly clean windows even when some clusters are poisoned."""
         first = np.array([c.score for c in cands if c.round == 0]) if cands else np.zeros(1)
@@ -461,7 +463,7 @@ class _Run:
         probs = np.empty(self.n, np.float32)
         for start in range(0, self.n, cfg.max_batch):
             stop = min(self.n, start + cfg.max_batch)
-            x = torch.from_numpy(np.ascontiguousarray(self.images[start:stop])).to(self.device).float().div_(255)
+            x = torch.from_numpy(np.array(self.images[start:stop])).to(self.device).float().div_(255)
             probs[start:stop] = clf.predict(nets, x, self.resolution).cpu().numpy()
             self._advance(task, stop - start)
         t2 = time.perf_counter()

@@ -15,7 +15,7 @@ NAME = "bootstrap"
 def command(
     data: List[str] = DATA,
     out: Path = typer.Option(..., "--out", "-o", help="Encoder folder to create (config.json + model.safetensors, and checkpoint/); must be new unless --resume."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Passes over the data (default 20)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Passes over the data (default 10)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=2, help="Images per step; each gives two views (default 256)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="SGD learning rate for a batch of 256, scaled linearly (default 0.3)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="NT-Xent temperature (default 0.2)."),

@@ -58,7 +58,7 @@ class BootstrapConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    epochs: int = pydantic.Field(20, ge=1)
+    epochs: int = pydantic.Field(10, ge=1)
     batch_size: int = pydantic.Field(256, ge=2)
     lr: float = pydantic.Field(0.3, gt=0)
     momentum: float = pydantic.Field(0.9, ge=0, lt=1)

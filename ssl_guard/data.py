@@ -30,6 +30,8 @@ SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 LABEL_EXTENSIONS = ("cls", "label", "class")
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_FILES_PER_UNIT = 1_000
+# PIL format names tried when decoding ("JPEG" also opens the multi-picture MPO files of cameras)
+DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "PPM", "GIF")
 
 # The library enforces its own, explicit limit; PIL's warning-only check would fire first.
 Image.MAX_IMAGE_PIXELS = None
@@ -108,14 +110,15 @@ def resolve_sources(specs: Sequence[str | os.PathLike], files_per_unit: int = DE
     """Resolve folders, shard files, shard folders and brace patterns into `Sources`.
 
     The root is the deepest folder containing every input, so that sample ids stay short and do not
-    depend on where the command was run from.
+    depend on where the command was run from. Overlapping specs (a folder and a subfolder or file
+    of it, one shard named twice) give each sample a single unit.
 
     Raises:
         DataNotFoundError: a spec that matches nothing on disk.
     """
     if not specs:
         raise DataNotFoundError("no dataset given", "pass an image folder, a .tar shard or a pattern")
-    shards: list[str] = []
+    shards: list[Path] = []
     remote: list[str] = []
     folders: list[Path] = []
     loose_files: list[Path] = []
@@ -132,37 +135,39 @@ def resolve_sources(specs: Sequence[str | os.PathLike], files_per_unit: int = DE
             if path.is_dir():
                 inner = sorted(p for p in path.rglob("*") if p.is_file() and _is_shard(p.name))
                 if inner:
-                    shards.extend(str(p) for p in inner)
+                    shards.extend(p.resolve() for p in inner)
                 else:
-                    folders.append(path)
+                    folders.append(path.resolve())
             elif path.is_file() and _is_shard(path.name):
-                shards.append(str(path))
+                shards.append(path.resolve())
             elif path.is_file() and _is_image(path.name):
-                loose_files.append(path)
+                # the file keeps its own name even when it is a link: only its folder is resolved
+                loose_files.append(path.parent.resolve() / path.name)
             elif path.exists():
                 raise DataNotFoundError(f"{item} is neither an image folder, an image nor a .tar shard")
             else:
                 raise DataNotFoundError(f"{item} does not exist", "check the path or the brace pattern")
 
-    local = [Path(s).resolve().parent for s in shards] + [f.resolve() for f in folders]
-    local += [f.resolve().parent for f in loose_files]
+    # Overlapping specs (a folder and a subfolder or file of it, a shard named twice) must not
+    # give a sample two units: its id would be scanned and reported twice.
+    folders = sorted(set(folders))
+    folders = [f for f in folders if not any(other in f.parents for other in folders)]
+    loose_files = sorted({f for f in loose_files if not any(folder in f.parents for folder in folders)})
+    local = [s.parent for s in shards] + folders + [f.parent for f in loose_files]
     root = Path(os.path.commonpath([str(p) for p in local])) if local else Path(".").resolve()
 
     units: list[Unit] = []
     for shard in sorted(set(shards)):
-        rel = Path(shard).resolve().relative_to(root).as_posix()
-        units.append(Unit(name=rel, kind="shard", root=str(root), url=str(Path(shard).resolve())))
-    for url in remote:
+        rel = shard.relative_to(root).as_posix()
+        units.append(Unit(name=rel, kind="shard", root=str(root), url=str(shard)))
+    for url in dict.fromkeys(remote):
         units.append(Unit(name=url, kind="shard", root=str(root), url=url))
     for folder in folders:
-        files = sorted(
-            p.resolve().relative_to(root).as_posix()
-            for p in folder.rglob("*")
-            if p.is_file() and _is_image(p.name)
-        )
-        units.extend(_group_files(folder.resolve().relative_to(root).as_posix(), files, str(root), files_per_unit))
+        # files are named by their path under the folder, not resolved: a linked file stays inside
+        files = sorted(p.relative_to(root).as_posix() for p in folder.rglob("*") if p.is_file() and _is_image(p.name))
+        units.extend(_group_files(folder.relative_to(root).as_posix(), files, str(root), files_per_unit))
     if loose_files:
-        files = sorted({f.resolve().relative_to(root).as_posix() for f in loose_files})
+        files = [f.relative_to(root).as_posix() for f in loose_files]
         units.extend(_group_files(".", files, str(root), files_per_unit))
     return Sources(root=str(root), units=tuple(units))
 
@@ -239,26 +244,68 @@ def iter_raw_samples(unit: Unit) -> Iterator[RawSample]:
     yield from _iter_shard(unit)
 
 
+def _image_member(sample: dict) -> str | None:
+    """The sample's image member: `jpg`, or the last part of a compound one such as `input.jpg`."""
+    members = [ext for ext in sample if not ext.startswith("__")]
+    exact = [ext for ext in members if "." + ext in IMAGE_EXTENSIONS]
+    compound = [ext for ext in members if "." + ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
+    return (exact or compound or [None])[0]
+
+
 def _iter_shard(unit: Unit) -> Iterator[RawSample]:
     from webdataset.tariterators import tarfile_samples
 
     failures: list[str] = []
 
     def record(error: Exception) -> bool:
-        failures.append(f"{type(error).__name__}: {error.args[0] if error.args else error}")
+        # webdataset appends " @ <stream object>" to the message; the unit already names the shard
+        message = str(error.args[0]) if error.args else str(error)
+        failure = f"{type(error).__name__}: {message.split(' @ <')[0]}"
+        # one broken read is reported by webdataset's tar reader and again by its shard expander
+        if failure not in failures:
+            failures.append(failure)
         return True  # keep going; the failure is reported below, never dropped
 
     for sample in tarfile_samples([{"url": unit.url}], handler=record):
         key = sample.get("__key__", "")
-        image_ext = next((ext for ext in sample if "." + ext in IMAGE_EXTENSIONS), None)
+        image_ext = _image_member(sample)
         sample_id = SampleId(unit.name, key)
         if image_ext is None:
             members = sorted(k for k in sample if not k.startswith("__"))
             yield RawSample(sample_id, None, error=f"no image member (has: {', '.join(members) or 'nothing'})")
             continue
         yield RawSample(sample_id, sample[image_ext], label=_label_of(sample))
+    if not failures and _lacks_end_marker(unit.url):
+        failures.append("truncated shard: it ends without the tar end-of-archive block (cut short after a member)")
     for failure in failures:
         yield RawSample(SampleId(unit.name, "*"), None, error=f"shard read error: {failure}")
+
+
+def _lacks_end_marker(url: str) -> bool:
+    """True for a local uncompressed tar cut short between members, which tarfile reads as complete.
+
+    Python's tarfile ends a stream silently at end of file or at a partial header once a member
+    was read, so a shard cut there would lose its remaining samples without a trace. A complete
+    tar has a zero block right after its last member; a walk over the headers (seeking over the
+    data) finds where that block should be. Compressed and remote shards are not checked: a cut
+    in them breaks the stream inside a member and is reported as a read error.
+    """
+    import tarfile
+
+    path = url[len("file:") :] if url.startswith("file:") else url
+    if not path.endswith(".tar") or "://" in path or path.startswith("pipe:") or not os.path.isfile(path):
+        return False
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for _ in tar:
+                pass
+            end = tar.offset  # just past the last member: where the end-of-archive block belongs
+        with open(path, "rb") as handle:
+            handle.seek(end)
+            block = handle.read(512)
+    except (OSError, tarfile.TarError):
+        return True
+    return len(block) < 512 or any(block)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,25 +321,29 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
 
     Handles grayscale, palette (with transparency), alpha (composited on white), CMYK, 16-bit and
     EXIF orientation. The pixel count is checked from the header before any pixel is decoded, so a
-    decompression bomb costs nothing.
+    decompression bomb costs nothing. Only raster formats are tried (`DECODED_FORMATS`): the data
+    is untrusted, and PIL would hand an EPS file to Ghostscript whatever its name.
 
     Raises:
-        DecodeError: unreadable, truncated, or larger than `max_pixels`.
+        DecodeError: unreadable, truncated, not a supported format, or larger than `max_pixels`.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise DecodeError(f"oversized image: {width}x{height} pixels exceeds the limit of {max_pixels}")
             image.load()
             image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
     except DecodeError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError:
+        # PIL's message names the in-memory buffer's address, which differs on every run
+        raise DecodeError(f"undecodable image: not a supported image format ({', '.join(DECODED_FORMATS)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         raise DecodeError(f"undecodable image: {error}") from None
-    return _to_rgb(image)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -281,6 +281,9 @@ def _iter_shard(unit: Unit) -> Iterator[RawSample]:
         yield RawSample(SampleId(unit.name, "*"), None, error=f"shard read error: {failure}")
 
 
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")  # gzip, bzip2, xz
+
+
 def _lacks_end_marker(url: str) -> bool:
     """True for a local uncompressed tar cut short between members, which tarfile reads as complete.
 
@@ -296,6 +299,9 @@ def _lacks_end_marker(url: str) -> bool:
     if not path.endswith(".tar") or "://" in path or path.startswith("pipe:") or not os.path.isfile(path):
         return False
     try:
+        with open(path, "rb") as handle:
+            if handle.read(6).startswith(COMPRESSED_MAGIC):
+                return False  # a compressed stream under a .tar name: a cut in it is a read error
         with tarfile.open(path, "r:") as tar:
             for _ in tar:
                 pass

@@ -585,6 +585,23 @@ def test_complete_shards_report_nothing(three_shards):
     assert skipped == [] and len(ids) == 16
 
 
+def test_shard_is_complete_once_an_end_block_follows_its_last_member(three_shards):
+    # tarfile pads to 10 KiB records; a copy that kept one zero block of that padding is whole
+    shard = three_shards[0]
+    with tarfile.open(shard) as tar:
+        last = tar.getmembers()[-1]
+    end = last.offset_data + -(-last.size // 512) * 512
+    data = shard.read_bytes()
+    assert len(data) > end + 512 and not any(data[end:])
+    shard.write_bytes(data[: end + 512])
+    gzipped_as_tar = shard.with_name("gzipped.tar")
+    gzipped_as_tar.write_bytes(gzip.compress(data))
+
+    _, ids, skipped = _collect(resolve_sources([shard, gzipped_as_tar]))
+
+    assert skipped == [] and len(ids) == 8
+
+
 @pytest.mark.parametrize("damage", ["random bytes", "empty file", "gzip cut", "deleted"])
 def test_unreadable_shard_is_one_shard_error(three_shards, damage):
     shard = three_shards[3]

@@ -59,11 +59,13 @@ class MineConfig(pydantic.BaseModel):
     link_similarity: float = pydantic.Field(0.92, gt=0, lt=1)
     min_hosts: int | None = pydantic.Field(None, ge=2, description="fewest distinct images a candidate must span")
     max_candidates: int = pydantic.Field(8, ge=1, description="candidates verified per mining round")
+    seed_trials: int = pydantic.Field(6, ge=1, description="member cells tried as a candidate's seed window")
     min_round_images: int = pydantic.Field(1500, ge=100, description="smallest nested subsample mined")
     match_residual: float = pydantic.Field(0.35, gt=0, lt=1, description="normalised pixel residual below which a pattern matches")
-    min_flip_rate: float = pydantic.Field(0.8, ge=0, le=1)
+    min_flip_rate: float = pydantic.Field(0.5, ge=0, le=1)
     min_mask_collapse: float = pydantic.Field(0.8, ge=0, le=1)
-    max_separation: float = pydantic.Field(0.25, ge=0, description="images just above a pattern's threshold per image below it")
+    min_separation: float = pydantic.Field(0.05, ge=0, description="least gap between hosts' and clean images' activation of a pattern's cluster")
+    max_lookalike_ratio: float = pydantic.Field(0.25, ge=0, description="images just above a pattern's threshold per image below it")
     flip_images: int = pydantic.Field(64, ge=4)
     prevalence_guard: float = pydantic.Field(0.2, gt=0, le=1, description="a pattern in more than this share of the data is reported, not quarantined")
     fill: str = pydantic.Field("blur", pattern="^(blur|mean)$")
@@ -157,9 +159,13 @@ def recurrence_gap(cells: Cells, near: int, far: int) -> tuple[np.ndarray, np.nd
     order = np.argsort(-sims, axis=1, kind="stable")[:, : far + 1]
     sims = np.take_along_axis(sims, order, 1)
     ids = np.where(np.isfinite(sims), np.take_along_axis(ids, order, 1), -1)
-    near_sim = sims[:, min(near, sims.shape[1] - 1)]
-    far_sim = sims[:, min(far, sims.shape[1] - 1)]
-    gap = np.where(np.isfinite(near_sim), near_sim - np.where(np.isfinite(far_sim), far_sim, -1.0), -np.inf)
+    # two scales of the same test: (near/4, far/3) catches patterns with only a handful of copies
+    # per descriptor (small datasets, rare poisons), (near, far) those with dozens
+    gap = np.full(m, -np.inf)
+    for k_near, k_far in ((max(1, near // 4), max(2, far // 3)), (near, far)):
+        near_sim = sims[:, min(k_near, sims.shape[1] - 1)]
+        far_sim = sims[:, min(k_far, sims.shape[1] - 1)]
+        gap = np.maximum(gap, np.where(np.isfinite(near_sim), near_sim - np.where(np.isfinite(far_sim), far_sim, -1.0), -np.inf))
     return gap.astype(np.float32), sims, ids
 
 
@@ -290,27 +296,32 @@ def _crop(images: torch.Tensor, y: np.ndarray, x: np.ndarray, size: int) -> torc
 def extract_pattern(images: np.ndarray, cells: Cells, group: np.ndarray, config: MineConfig, device: torch.device, resolution: int) -> Pattern | None:
     """Align the group's hosts on their shared pixels and cut out the region where they agree.
 
-    A seed window around the group's most connected cell is matched densely in each host image;
-    windows twice the seed's size around those matches are stacked, and the pattern is the largest
+    A small seed window around one of the group's cells is matched densely in each host image;
+    wider windows around those matches are stacked, and the pattern is the largest
     block of pixels whose median absolute deviation across hosts is small (the hosts differ
     everywhere else). Returns None when the hosts share no consistent block.
     """
     hosts = np.unique(cells.image[group])
-    # the seed: the member cell whose image has the most links in the group (ties: first)
-    centre = group[0]
-    seed_size = max(6, resolution // 8)
     host_pixels = _as_float(images[hosts], device)
-    y0 = np.clip(cells.y[centre] - seed_size // 2, 0, resolution - seed_size)
-    x0 = np.clip(cells.x[centre] - seed_size // 2, 0, resolution - seed_size)
-    owner = int(np.searchsorted(hosts, cells.image[centre]))
-    seed = host_pixels[owner, :, y0 : y0 + seed_size, x0 : x0 + seed_size]
-    residual, my, mx = best_match(host_pixels, seed)
-    good = (residual < config.match_residual).cpu().numpy()
+    seed_size = max(6, resolution // 10)
+    # try a few member cells as the seed window (a cell at the pattern's edge would carry host
+    # content with it) and keep the one that most hosts reproduce
+    best = None
+    for centre in group[: config.seed_trials]:
+        y0 = int(np.clip(cells.y[centre] - seed_size // 2, 0, resolution - seed_size))
+        x0 = int(np.clip(cells.x[centre] - seed_size // 2, 0, resolution - seed_size))
+        owner = int(np.searchsorted(hosts, cells.image[centre]))
+        seed = host_pixels[owner, :, y0 : y0 + seed_size, x0 : x0 + seed_size]
+        residual, my, mx = best_match(host_pixels, seed)
+        good = (residual < config.match_residual).cpu().numpy()
+        if best is None or good.sum() > best[0].sum():
+            best = (good, my, mx)
+    good, my, mx = best
     if good.sum() < config.min_hosts:
         return None
     # stack wider windows centred on each match, and keep the pixels that agree across hosts
-    wide = 3 * seed_size
-    offset = seed_size
+    offset = max(seed_size, resolution // 6)  # room for a pattern twice the seed's size and more
+    wide = seed_size + 2 * offset
     stack = _crop(host_pixels[good], my.cpu().numpy()[good] - offset, mx.cpu().numpy()[good] - offset, wide)
     median = stack.median(dim=0).values
     deviation = (stack - median).abs().mean(dim=1).median(dim=0).values  # (wide, wide)
@@ -393,56 +404,109 @@ def fill_box(images: torch.Tensor, boxes: np.ndarray, fill: str) -> torch.Tensor
     return out
 
 
-def paste(images: torch.Tensor, template: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
-    """Paste `template` (3, h, w) at a uniformly random spot of each image; returns copies and boxes."""
+def paste(images: torch.Tensor, template: torch.Tensor, rng: np.random.Generator, stride: int = 1, phases: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Paste `template` (3, h, w) at a uniformly random spot of each image; returns copies and boxes.
+
+    With `phases` ((P, 2) y, x offsets modulo `stride`), each spot keeps the grid phase of one of
+    them, so that a feature grid meets the pasted copy as it met one of the originals.
+    """
     out = images.clone()
     _, h, w = template.shape
     size = images.shape[-1]
     ys = rng.integers(0, size - h + 1, len(images))
     xs = rng.integers(0, size - w + 1, len(images))
+    if phases is not None and len(phases) and stride > 1:
+        chosen = phases[rng.integers(0, len(phases), len(images))]
+        ys = np.clip(ys - ys % stride + chosen[:, 0], 0, size - h)
+        xs = np.clip(xs - xs % stride + chosen[:, 1], 0, size - w)
     for i, (y, x) in enumerate(zip(ys, xs)):
         out[i, :, y : y + h, x : x + w] = template
     return out, np.stack([xs, ys, xs + w, ys + h], 1)
 
 
-def pattern_activation(images: torch.Tensor, exemplars: torch.Tensor, features: FeatureFn, mean: torch.Tensor) -> torch.Tensor:
+def pattern_activation(images: torch.Tensor, exemplars: torch.Tensor, features: FeatureFn, mean: torch.Tensor, per_exemplar: bool = False) -> torch.Tensor:
     """The pattern cluster's activation of each image: the best cosine between any of its cells
-    and any exemplar cell of the pattern. (B, 3, R, R) -> (B,)."""
+    and any exemplar cell of the pattern. (B, 3, R, R) -> (B,); with `per_exemplar`, the best
+    cosine of each exemplar over all cells of all images instead, (M,)."""
     with torch.inference_mode():
         fmap = features(images).float()
     b, c, h, w = fmap.shape
     flat = F.normalize(fmap.permute(0, 2, 3, 1).reshape(b, h * w, c) - mean, dim=2)
-    return (flat @ exemplars.T).amax(dim=(1, 2))
+    similarity = flat @ exemplars.T  # (B, h*w, M)
+    return similarity.amax(dim=(0, 1)) if per_exemplar else similarity.amax(dim=(1, 2))
 
 
-def verify(pattern: Pattern, cells: Cells, images: np.ndarray, clean_pool: np.ndarray, features: FeatureFn, mean: torch.Tensor, config: MineConfig, device: torch.device, rng: np.random.Generator) -> dict[str, float]:
-    """Masking and flip tests of one pattern, in its own descriptor cluster.
+def inset(boxes: np.ndarray, margin: int) -> np.ndarray:
+    """Boxes shrunk by `margin` pixels on each side, never below 1 px."""
+    x0, y0, x1, y1 = (boxes[:, i] for i in range(4))
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    return np.stack([np.minimum(x0 + margin, cx), np.minimum(y0 + margin, cy), np.maximum(x1 - margin, cx + 1), np.maximum(y1 - margin, cy + 1)], 1)
 
-    Returns the evidence: `mask_collapse` (share of hosts whose activation falls below the link
-    threshold once the box is filled), `flip_rate` (share of clean images whose activation rises
-    above it once the pattern is pasted in), and their base rates.
+
+def box_cells(images: torch.Tensor, boxes: np.ndarray, features: FeatureFn, mean: torch.Tensor) -> torch.Tensor:
+    """Centred, normalised feature cells whose centres fall inside each image's box: (M, C)."""
+    with torch.inference_mode():
+        fmap = features(images).float()
+    b, c, h, w = fmap.shape
+    stride = images.shape[-1] // w
+    centres = torch.arange(h, device=fmap.device) * stride + stride // 2
+    picked = []
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        rows = ((centres >= y0) & (centres < y1)).nonzero().flatten()
+        cols = ((centres >= x0) & (centres < x1)).nonzero().flatten()
+        if len(rows) and len(cols):
+            cell = fmap[i][:, rows][:, :, cols].reshape(c, -1).T
+            picked.append(F.normalize(cell - mean, dim=1))
+    return torch.cat(picked) if picked else torch.zeros((0, c), device=fmap.device)
+
+
+def verify(pattern: Pattern, images: np.ndarray, clean_pool: np.ndarray, features: FeatureFn, mean: torch.Tensor, config: MineConfig, device: torch.device, rng: np.random.Generator) -> dict[str, float]:
+    """Masking and flip tests of one pattern, in its own descriptor cluster (PoisonCAM's idea).
+
+    The pattern's cluster is made of the feature cells inside the box of half of the hosts (every
+    grid offset at which the pattern met the grid is represented), less the cells that clean images
+    also hold. Its activation of an image is the best cosine of any of the image's cells to the
+    cluster. The other half of the hosts and a clean pool are measured against it; the cluster's
+    boundary lies halfway between the held-out hosts' typical activation and the clean images' 95th
+    percentile.
+
+    Returns the evidence: `mask_collapse` (share of held-out hosts that fall out of the cluster
+    once the box is filled), `flip_rate` (share of clean images that join it once the pattern is
+    pasted in), `separation` of hosts from clean images, and the base rates.
     """
-    exemplars = torch.from_numpy(cells.vectors[pattern.group[:256]]).to(device)
-    hosts = pattern.hosts[: config.flip_images]
-    host_pixels = _as_float(images[np.sort(hosts)], device)
+    hosts = pattern.hosts[: 2 * config.flip_images]
     order = np.argsort(hosts)
-    boxes = pattern.boxes[: config.flip_images][order]
-    before = pattern_activation(host_pixels, exemplars, features, mean)
-    after = pattern_activation(fill_box(host_pixels, boxes, config.fill), exemplars, features, mean)
-    link = config.link_similarity
-    active = before >= link
-    collapse = float(((after < link) & active).sum() / active.sum().clamp_min(1))
-    pool = clean_pool[: config.flip_images]
-    clean = _as_float(images[np.sort(pool)], device)
+    hosts, boxes = hosts[order], pattern.boxes[: 2 * config.flip_images][order]
+    half = rng.permutation(len(hosts))
+    build, held = np.sort(half[: (len(hosts) + 1) // 2]), np.sort(half[(len(hosts) + 1) // 2 :])
+    build_pixels = _as_float(images[hosts[build]], device)
+    exemplars = box_cells(build_pixels, inset(boxes[build], 2), features, mean)
+    prune_pool, test_pool = clean_pool[: len(clean_pool) // 2], clean_pool[len(clean_pool) // 2 :]
+    if len(prune_pool) and len(exemplars):
+        generic = pattern_activation(_as_float(images[np.sort(prune_pool)], device), exemplars, features, mean, per_exemplar=True)
+        exemplars = exemplars[generic < config.link_similarity]
+    if len(exemplars) == 0 or len(held) == 0 or len(test_pool) == 0:
+        return {"exemplars": float(len(exemplars)), "mask_collapse": 0.0, "flip_rate": 0.0, "separation": 0.0, "activation_drop": 0.0, "flip_base_rate": 0.0}
+    held_pixels = _as_float(images[hosts[held]], device)
+    before = pattern_activation(held_pixels, exemplars, features, mean)
+    after = pattern_activation(fill_box(held_pixels, boxes[held], config.fill), exemplars, features, mean)
+    clean = _as_float(images[np.sort(test_pool[: config.flip_images])], device)
     base = pattern_activation(clean, exemplars, features, mean)
-    pasted, _ = paste(clean, pattern.template, rng)
+    stride = images.shape[-1] // features(clean[:1]).shape[-1]
+    phases = np.stack([boxes[build, 1] % stride, boxes[build, 0] % stride], 1)
+    pasted, _ = paste(clean, pattern.template, rng, stride, phases)
     flipped = pattern_activation(pasted, exemplars, features, mean)
+    host_level = float(before.median())
+    clean_level = float(torch.quantile(base, 0.95))
+    boundary = (host_level + clean_level) / 2
     return {
-        "hosts_active": float(active.float().mean()),
-        "mask_collapse": collapse,
+        "exemplars": float(len(exemplars)),
+        "separation": host_level - clean_level,
+        "boundary": boundary,
+        "mask_collapse": float((after < boundary).float().mean()),
         "activation_drop": float((before - after).mean()),
-        "flip_rate": float(((flipped >= link) & (base < link)).float().mean()),
-        "flip_base_rate": float((base >= link).float().mean()),
+        "flip_rate": float(((flipped >= boundary) & (base < boundary)).float().mean()),
+        "flip_base_rate": float((base >= boundary).float().mean()),
     }
 
 
@@ -503,7 +567,7 @@ def calibrate(host_residuals: np.ndarray, sample_residuals: np.ndarray, ceiling:
 
     The threshold is a multiple of the residual between verified hosts (copies of one pasted
     patch match each other as well as the hosts do, whatever the resampling), capped at `ceiling`.
-    `separation` counts the images just above the threshold (up to twice it) per image below it:
+    The ratio returned counts the images just above the threshold (up to twice it) per image below it:
     near 0 for a pasted patch, whose copies sit apart from all natural content; 1 or more for a
     natural look-alike, whose matches form a continuum.
     """
@@ -608,23 +672,25 @@ def detect_mine(
             candidates_report.append({"hosts": float(len(group_hosts)), "verdict": "no consistent pixels"})
             continue
         hosts = set(pattern.hosts.tolist())
-        clean_pool = np.array([i for i in rng.permutation(mined)[: 4 * config.flip_images] if i not in hosts], dtype=np.int64)
-        evidence = verify(pattern, cells, images, clean_pool, features, mean, config, device, rng)
+        clean_pool = np.array([i for i in rng.permutation(mined)[: 3 * config.flip_images] if i not in hosts], dtype=np.int64)
+        evidence = verify(pattern, images, clean_pool, features, mean, config, device, rng)
         evidence["hosts"] = float(len(pattern.hosts))
         evidence["host_residual"] = float(np.median(pattern.residuals))
         evidence["height"], evidence["width"] = (float(v) for v in pattern.template.shape[1:])
         verdict = "accepted"
         threshold = config.match_residual
-        if evidence["mask_collapse"] < config.min_mask_collapse:
+        if evidence["separation"] < config.min_separation:
+            verdict = "rejected: its cluster does not stand apart from clean images"
+        elif evidence["mask_collapse"] < config.min_mask_collapse:
             verdict = "rejected: masking does not remove it"
         elif evidence["flip_rate"] < config.min_flip_rate:
             verdict = "rejected: pasting it does not reproduce it"
         else:
             sample_residual, _ = residuals(images, mined, [pattern.template], config.batch_size, device)
-            threshold, separation = calibrate(pattern.residuals, sample_residual[:, 0], config.match_residual)
-            evidence["threshold_residual"], evidence["separation"] = threshold, separation
+            threshold, lookalikes = calibrate(pattern.residuals, sample_residual[:, 0], config.match_residual)
+            evidence["threshold_residual"], evidence["lookalike_ratio"] = threshold, lookalikes
             evidence["sample_matches"] = float((sample_residual[:, 0] < threshold).sum())
-            if separation > config.max_separation:
+            if lookalikes > config.max_lookalike_ratio:
                 verdict = "rejected: natural look-alikes form a continuum"
         if semantic is not None:
             evidence["cluster_share"], evidence["cluster_lift"] = host_concentration(pattern.hosts, semantic)

@@ -97,7 +97,8 @@ def test_resume_refuses_other_settings_or_other_data(image_folder, shard_folder,
 
 
 def test_time_budget_stops_early_and_still_saves(shard_folder, tmp_path):
-    config = BootstrapConfig(**TINY, epochs=50, max_minutes=1e-5)
+    # decoding workers on, so cutting an epoch short must also stop them cleanly
+    config = BootstrapConfig(**dict(TINY, workers=2), epochs=50, max_minutes=1e-5)
     encoder = bootstrap([str(shard_folder)], tmp_path / "run", config, progress=False)
     assert encoder.config.training["steps"] == 1
     assert encoder.config.training["stopped_by_time_budget"] is True

@@ -47,25 +47,28 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app, turning every `GuardError` into one line and its exit code."""
+    """Entry point: run the app, turning every `GuardError` into one line and its exit code.
+
+    Usage errors (a missing argument, an unknown option, a bad value) print click's one-line
+    message and exit 2, like a `GuardError`.
+    """
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
     except GuardError as error:
         typer.echo(error.one_line(), err=True)
         return error.exit_code
     except typer.Exit as done:
-        return done.exit_code
+        return int(done.exit_code or 0)
     except typer.Abort:
         typer.echo("aborted", err=True)
         return 130
-    except Exception as error:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
+    except Exception as error:
+        # typer ships its own copy of click, so match click's usage errors by their interface
+        if hasattr(error, "format_message") and hasattr(error, "exit_code"):
+            typer.echo(f"error: {error.format_message()}", err=True)
             return 2
         raise
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

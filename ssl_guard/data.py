@@ -350,6 +350,10 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         raise DecodeError(f"undecodable image: not a supported image format ({', '.join(DECODED_FORMATS)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         raise DecodeError(f"undecodable image: {error}") from None
+    except Exception as error:  # noqa: BLE001
+        # Malformed headers and EXIF also surface as struct.error, OverflowError, KeyError, ...
+        # from inside PIL; one bad sample must never end a scan.
+        raise DecodeError(f"undecodable image: {type(error).__name__}: {error}") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

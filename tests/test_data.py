@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile, ImageOps
 
 from ssl_guard import synthetic
 from ssl_guard.data import (
@@ -430,6 +430,25 @@ def test_formats_outside_the_raster_list_are_refused_with_a_stable_reason():
 
     assert "not a supported image format" in str(first.value)
     assert str(first.value) == str(second.value)  # no in-memory address in the reason
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "error"),
+    [
+        (ImageOps, "exif_transpose", struct.error("required argument is not a float")),
+        (ImageFile.ImageFile, "load", OverflowError("Python int too large to convert to C ssize_t")),
+    ],
+    ids=["malformed exif", "absurd tile offset"],
+)
+def test_any_failure_inside_the_decoder_is_a_decode_error(monkeypatch, owner, name, error):
+    # fuzzed JPEG EXIF and TIFF headers raise exactly these from inside PIL; a scan must not die of them
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(owner, name, fail)
+
+    with pytest.raises(DecodeError, match=f"undecodable image: {type(error).__name__}"):
+        decode_rgb(_encode(_solid(), "JPEG"))
 
 
 def test_size_limit_is_checked_from_the_header_before_decoding():

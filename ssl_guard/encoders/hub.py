@@ -35,10 +35,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".pth.tar"
 RANDOM_SPEC_KEYS = ("arch", "width", "stem", "resolution", "mean", "std", "seed")
 
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
-_CONVERT_HINT = (
-    "convert it yourself with torch.load(path, weights_only=True) and safetensors.torch.save_file, "
-    "or re-save it with ssl_guard.encoders.save_encoder"
-)
+_CONVERT_HINT = "convert it once with ssl_guard.encoders.convert_checkpoint, which reads it with torch.load(weights_only=True)"
 
 
 # ---------------------------------------------------------------------------------------------

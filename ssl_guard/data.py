@@ -266,10 +266,19 @@ def _iter_shard(unit: Unit) -> Iterator[RawSample]:
             failures.append(failure)
         return True  # keep going; the failure is reported below, never dropped
 
+    seen: set[str] = set()  # one shard's keys: bounded by the shard, not the dataset
     for sample in tarfile_samples([{"url": unit.url}], handler=record):
         key = sample.get("__key__", "")
         image_ext = _image_member(sample)
         sample_id = SampleId(unit.name, key)
+        if key in seen:
+            # webdataset starts a new sample whenever the key changes, so members of one key that
+            # are not adjacent come back as a second sample with the same id
+            members = ", ".join(sorted(k for k in sample if not k.startswith("__")))
+            reason = f"key repeated in the shard, members not adjacent (unread: {members})"
+            yield RawSample(sample_id, None, error=reason)
+            continue
+        seen.add(key)
         if image_ext is None:
             members = sorted(k for k in sample if not k.startswith("__"))
             yield RawSample(sample_id, None, error=f"no image member (has: {', '.join(members) or 'nothing'})")

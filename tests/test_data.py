@@ -568,6 +568,18 @@ def test_bad_shard_samples_are_skipped_with_their_key(tmp_path):
     assert labels == ["0", "2", None]
 
 
+def test_members_of_a_key_that_are_not_adjacent_are_reported_not_read_twice(tmp_path):
+    png = _encode(_solid(size=(16, 16)))
+    shard = _write_tar(tmp_path / "s.tar", [("a.png", png), ("b.png", png), ("a.jpg", _encode(_solid(), "JPEG")), ("a.cls", b"3")])
+
+    _, ids, skipped = _collect(resolve_sources([shard]))
+
+    assert ids == [SampleId("s.tar", "a"), SampleId("s.tar", "b")]
+    assert [(s.id, s.reason) for s in skipped] == [
+        (SampleId("s.tar", "a"), "key repeated in the shard, members not adjacent (unread: cls, jpg)")
+    ]
+
+
 def test_shard_cut_in_the_middle_reports_one_shard_error_and_keeps_the_rest(three_shards):
     folder = three_shards[0].parent
     data = three_shards[1].read_bytes()

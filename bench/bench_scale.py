@@ -1,0 +1,193 @@
+"""How `ssl-guard scan` scales: peak memory against dataset size, and per-stage throughput.
+
+    nice -n 10 python bench/bench_scale.py [SHARD_FOLDER] [--shards 3,5,10] [--resolutions 64,96]
+                                          [--full-resolution-shards 10] [--workers 2]
+
+SHARD_FOLDER defaults to bench/work/imagenette-patch-1pct/shards (built by make_benchmark.py:
+9,469 Imagenette photos in 10 shards, 1% patch-poisoned). For each count k in --shards, the first
+k shards are linked into bench/work/scale/data-k/ and scanned at the first resolution; the counts
+in --full-resolution-shards are also scanned at every other resolution. Each scan is a child
+process (`python -m ssl_guard scan ... --quiet`) whose process tree (the scan and its DataLoader
+workers) is sampled every 0.2 s from /proc:
+
+- peak RSS of the scan process (its VmHWM, the kernel's high-water mark), split at the moment of
+  the largest RSS into anonymous memory (heap: what an OOM is made of) and file-backed pages
+  (pages of the run folder's memmaps the kernel keeps mapped and may reclaim at will);
+- peak RSS summed over the process tree (scan + decoders), and the largest anonymous sum.
+
+Stage times come from RUN/run.json (`stages.*.seconds`) and report.json (the detector's
+sub-stages); "wall" is the child's whole life, Python and torch start-up included. Prints
+Markdown tables and writes bench/work/scale/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / "work" / "scale"
+DEFAULT_DATA = ROOT / "bench" / "work" / "imagenette-patch-1pct" / "shards"
+KIB = 1024
+
+
+def _status(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile of one process, in bytes (missing if it just exited)."""
+    values = {}
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                name, _, rest = line.partition(":")
+                if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                    values[name] = int(rest.split()[0]) * KIB
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return values
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (via /proc/PID/task/*/children)."""
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as handle:
+                    stack.extend(int(c) for c in handle.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return out
+
+
+def measure(command: list[str], env: dict[str, str]) -> dict:
+    """Run `command`, sampling its process tree's memory; returns peaks (bytes) and wall seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    clock = time.perf_counter()
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = {"main_hwm": 0, "main_rss": 0, "main_anon_at_peak": 0, "main_file_at_peak": 0, "main_anon": 0, "tree_rss": 0, "tree_anon": 0, "processes": 1}
+    while child.poll() is None:
+        main = _status(child.pid)
+        if main:
+            peak["main_hwm"] = max(peak["main_hwm"], main.get("VmHWM", 0))
+            peak["main_anon"] = max(peak["main_anon"], main.get("RssAnon", 0))
+            if main.get("VmRSS", 0) > peak["main_rss"]:
+                peak["main_rss"] = main["VmRSS"]
+                peak["main_anon_at_peak"], peak["main_file_at_peak"] = main.get("RssAnon", 0), main.get("RssFile", 0)
+        pids = _tree(child.pid)
+        stats = [_status(p) for p in pids]
+        peak["tree_rss"] = max(peak["tree_rss"], sum(s.get("VmRSS", 0) for s in stats))
+        peak["tree_anon"] = max(peak["tree_anon"], sum(s.get("RssAnon", 0) for s in stats))
+        peak["processes"] = max(peak["processes"], len(pids))
+        time.sleep(0.2)
+    stdout, stderr = child.communicate()
+    wall = time.perf_counter() - clock
+    if child.returncode != 0:
+        raise SystemExit(f"scan failed ({child.returncode}):\n{stderr[-3000:]}")
+    # the kernel's own maximum over every descendant reaped so far (one process, not a sum)
+    peak["max_single_process"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * KIB
+    return {"wall": wall, "memory": peak, "stdout": stdout.strip()}
+
+
+def subset(data: Path, count: int) -> tuple[Path, int]:
+    """bench/work/scale/data-<count>/ holding links to the first `count` shards; (folder, samples)."""
+    shards = sorted(data.glob("*.tar"))[:count]
+    if len(shards) < count:
+        raise SystemExit(f"{data} has {len(shards)} shards, fewer than {count}")
+    folder = WORK / f"data-{count}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for shard in shards:
+        (folder / shard.name).symlink_to(shard.resolve())
+    samples = 0
+    truth = data.parent / "truth.csv"
+    if truth.is_file():
+        names = {s.name for s in shards}
+        samples = sum(1 for line in truth.read_text().splitlines()[1:] if line.split(",", 1)[0] in names)
+    return folder, samples
+
+
+def scan_once(folder: Path, count: int, resolution: int, workers: int) -> dict:
+    run = WORK / f"run-{count}-{resolution}"
+    shutil.rmtree(run, ignore_errors=True)  # this bench's own output from an earlier run
+    command = [sys.executable, "-m", "ssl_guard", "scan", str(folder), "--out", str(run), "--workers", str(workers), "--resolution", str(resolution), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    result = measure(command, env)
+    state = json.loads((run / "run.json").read_text())
+    report = json.loads((run / "report.json").read_text())
+    stages = {name: {"seconds": s["seconds"], "items": s["items"]} for name, s in state["stages"].items()}
+    substages = {s["name"].strip(): s["seconds"] for s in report["stages"] if s["name"].startswith("  ")}
+    return {
+        "shards": count,
+        "resolution": resolution,
+        "samples": report["n_samples"],
+        "flagged": report["n_flagged"],
+        "encoder": report["encoder"],
+        "stages": stages,
+        "substages": substages,
+        "run_bytes": {p.name: p.stat().st_size for p in run.iterdir() if p.is_file()},
+        **result,
+    }
+
+
+def mib(value: int) -> str:
+    return f"{value / 2**20:,.0f}"
+
+
+def tables(results: list[dict]) -> str:
+    lines = ["### Peak memory", "", "| images | px | scan RSS peak (VmHWM) | of which anonymous / file-backed at the peak | scan anonymous peak | tree RSS peak (scan + decoders) | tree anonymous peak |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        m = r["memory"]
+        lines.append(f"| {r['samples']:,} | {r['resolution']} | {mib(m['main_hwm'])} MiB | {mib(m['main_anon_at_peak'])} / {mib(m['main_file_at_peak'])} MiB | {mib(m['main_anon'])} MiB | {mib(m['tree_rss'])} MiB | {mib(m['tree_anon'])} MiB |")
+    lines += ["", "### Stage times", "", "| images | px | stage | seconds | images/s |", "|---|---|---|---|---|"]
+    for r in results:
+        for name, s in r["stages"].items():
+            lines.append(f"| {r['samples']:,} | {r['resolution']} | {name} | {s['seconds']:.1f} | {s['items'] / s['seconds']:,.0f} |")
+        for name, seconds in r["substages"].items():
+            lines.append(f"| {r['samples']:,} | {r['resolution']} | &nbsp;&nbsp;mine: {name} | {seconds:.1f} | {r['samples'] / seconds:,.0f} |" if seconds > 0 else f"| {r['samples']:,} | {r['resolution']} | &nbsp;&nbsp;mine: {name} | 0.0 | |")
+        stage_sum = sum(s["seconds"] for s in r["stages"].values())
+        lines.append(f"| {r['samples']:,} | {r['resolution']} | **whole scan** (wall, start-up and outputs included) | {r['wall']:.1f} | {r['samples'] / r['wall']:,.0f} |")
+        r["cost_multiple"] = {"stages": stage_sum / r["stages"]["embed"]["seconds"], "wall": r["wall"] / r["stages"]["embed"]["seconds"]}
+    lines += ["", "### Whole scan as a multiple of one embedding pass", "", "| images | px | embed s | sum of stages / embed | wall / embed | flagged |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['samples']:,} | {r['resolution']} | {r['stages']['embed']['seconds']:.1f} | {r['cost_multiple']['stages']:.2f} | {r['cost_multiple']['wall']:.2f} | {r['flagged']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", nargs="?", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--shards", default="3,5,10", help="comma-separated shard counts")
+    parser.add_argument("--resolutions", default="64,96")
+    parser.add_argument("--full-resolution-shards", default="10", help="shard counts also scanned at every other resolution")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        raise SystemExit(f"{args.data} does not exist: build it with bench/make_benchmark.py")
+    counts = [int(c) for c in args.shards.split(",")]
+    resolutions = [int(r) for r in args.resolutions.split(",")]
+    every = {int(c) for c in args.full_resolution_shards.split(",") if c}
+    WORK.mkdir(parents=True, exist_ok=True)
+    results = []
+    for count in counts:
+        folder, _ = subset(args.data, count)
+        for resolution in resolutions if count in every else resolutions[:1]:
+            print(f"scanning {count} shard(s) at {resolution} px ...", file=sys.stderr, flush=True)
+            result = scan_once(folder, count, resolution, args.workers)
+            results.append(result)
+            print(f"  {result['samples']:,} images, {result['wall']:.0f} s, scan VmHWM {mib(result['memory']['main_hwm'])} MiB", file=sys.stderr, flush=True)
+            (WORK / "results.json").write_text(json.dumps(results, indent=2))
+    text = tables(results)
+    (WORK / "results.json").write_text(json.dumps(results, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -85,7 +85,9 @@ def scan(
     if not sources.units:
         raise EmptyDatasetError("the dataset holds no image or shard", "check the path: folders are searched recursively for images and .tar shards")
     rank, world = _distributed()
-    run = RunFolder(Path(out), resume=resume or rank > 0)
+    # only rank 0 opens (and checks) the run folder before the barrier: a follower opening it
+    # while rank 0 writes run.json could see a half-made folder
+    run = RunFolder(Path(out), resume=resume) if rank == 0 else None
     target = resolve_device(device)
     torch.manual_seed(config.seed)
     timings: dict[str, tuple[float, int]] = {}
@@ -107,6 +109,8 @@ def scan(
         if rank == 0:
             _reset_if_changed(run, embed_key)
         _barrier(world)
+        if rank > 0:  # re-read: rank 0 may just have invalidated the finished stages
+            run = RunFolder(Path(out), resume=True)
         clock = time.perf_counter()
         if not run.done("embed", embed_key):
             mine_units = select_units(len(sources.units), rank, world)

@@ -190,7 +190,10 @@ def _load_hub(spec: str) -> Encoder:
         pickles = _pickle_files(path)
         if pickles and WEIGHTS_NAME in missing:
             raise UnsafeWeightsError(f"{spec} offers only pickle weights ({pickles[0].name}), which ssl-guard never loads", _CONVERT_HINT)
-        raise EncoderNotFoundError(f"{spec} has no {' or '.join(missing)}: it is not an ssl-guard encoder", "push one with `ssl-guard bootstrap ... --push-to-hub ID` or save_encoder")
+        raise EncoderNotFoundError(
+            f"{spec} has no {' or '.join(missing)}: it is not an ssl-guard encoder (weights are read from safetensors only)",
+            "for a pickle checkpoint you trust, download it and use ssl_guard.encoders.convert_checkpoint",
+        )
     return _load_folder(path, spec=f"hub:{repo_id}@{commit}", revision=commit)
 
 

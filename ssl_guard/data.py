@@ -99,7 +99,8 @@ def _expand_spec(spec: str) -> list[str]:
         return list(braceexpand(spec))
     paths: list[str] = []
     for expanded in braceexpand(spec):
-        if any(ch in expanded for ch in "*?["):
+        # a path that exists as written is taken literally: "photos [2020]" is a folder, not a glob
+        if any(ch in expanded for ch in "*?[") and not os.path.exists(expanded):
             paths.extend(sorted(glob.glob(expanded)))
         else:
             paths.append(expanded)
@@ -183,6 +184,7 @@ def fingerprint_unit(unit: Unit) -> str:
     """A content fingerprint of a unit: sha256 over its bytes (shards) or its files' names and bytes.
 
     Remote shards are fingerprinted by URL only, as reading them twice would double the scan's I/O.
+    An unreadable file or shard is fingerprinted by its error, so this never raises for one.
     """
     import hashlib
 
@@ -199,9 +201,14 @@ def fingerprint_unit(unit: Unit) -> str:
 
 
 def _hash_file(path: str, digest) -> None:
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    # An unreadable file is a skipped sample in the scan, so it must not crash the fingerprint
+    # either: it contributes a marker that changes once the file can be read again.
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as error:
+        digest.update(f"\0unreadable errno {error.errno}\0".encode())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -168,6 +168,16 @@ def test_glob_pattern_is_expanded_in_sorted_order(three_shards):
     assert [u.name for u in sources.units] == ["shard-000001.tar", "shard-000003.tar"]
 
 
+def test_existing_path_with_glob_characters_is_taken_literally(tmp_path):
+    folder = tmp_path / "photos [2020]"
+    folder.mkdir()
+    _solid().save(folder / "x.png")
+
+    sources = resolve_sources([folder])
+
+    assert Path(sources.root) == folder.resolve() and sources.units[0].files == ("x.png",)
+
+
 @pytest.mark.parametrize(
     "spec",
     ["missing-folder", "shard-*.tar", "nothing-{000..002}.tar", "shard-{000000..000009}.tar"],
@@ -737,3 +747,18 @@ def test_fingerprint_of_files_covers_names_and_bytes(tmp_path):
     changed = fingerprint_unit(renamed)
     first.rename(first.with_name("renamed.png"))
     assert fingerprint_unit(resolve_sources([folder]).units[0]) != changed
+
+
+def test_fingerprint_of_an_unreadable_file_or_shard_does_not_raise(tmp_path, three_shards):
+    folder = tmp_path / "f"
+    synthetic.write_folder(folder, per_class=2, classes=1, size=16)
+    files = resolve_sources([folder]).units[0]
+    shard = resolve_sources([three_shards[0]]).units[0]
+    before = fingerprint_unit(files), fingerprint_unit(shard)
+
+    (folder / files.files[0]).unlink()  # the scan reports it as skipped; the fingerprint must not crash
+    three_shards[0].unlink()
+    after = fingerprint_unit(files), fingerprint_unit(shard)
+
+    assert after[0] != before[0] and after[1] != before[1]
+    assert (fingerprint_unit(files), fingerprint_unit(shard)) == after

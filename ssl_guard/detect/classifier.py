@@ -55,7 +55,8 @@ class _Block(nn.Module):
 
 
 class PoisonNet(nn.Module):
-    """ResNet-10 (BasicBlock [1, 1, 1, 1]) of base width `width`: (B, 3, S, S) in [0, 1] -> (B,) logits.
+    """ResNet-10 (BasicBlock [1, 1, 1, 1]) of base width `width`, global mean and max pooling:
+    (B, 3, S, S) in [0, 1] -> (B,) logits.
 
     The stem is a 3×3 convolution with stride 2 for inputs above 32 px and stride 1 otherwise, so a
     trigger of a few pixels is not lost before the first block.
@@ -71,12 +72,14 @@ class PoisonNet(nn.Module):
             blocks.append(_Block(cin, w, 1 if i == 0 else 2))
             cin = w
         self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(cin, 1)
+        self.fc = nn.Linear(2 * cin, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Centre the input around zero; the statistics of the scan's images are not known here.
         h = self.blocks(self.stem(x * 2 - 1))
-        return self.fc(h.mean(dim=(2, 3))).squeeze(1)
+        # Max pooling beside the mean: a trigger covers a few cells of the last map, and averaging
+        # over all of them dilutes it (with the mean alone, 80 steps did not learn an 8 px trigger).
+        return self.fc(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)).squeeze(1)
 
 
 def bank_variants(bank: list[torch.Tensor], resolution: int) -> list[torch.Tensor]:
@@ -104,8 +107,9 @@ def paste_bank(x: torch.Tensor, variants: list[torch.Tensor], positive: torch.Te
     return out
 
 
-def _random_crop(patch: torch.Tensor, generator: torch.Generator, least: float = 0.6) -> torch.Tensor:
-    """A random sub-window of (3, h, w) `patch`, each side 60-100% of the original.
+def _random_crop(patch: torch.Tensor, generator: torch.Generator, least: float = 0.8) -> torch.Tensor:
+    """A random sub-window of (3, h, w) `patch`, each side 80-100% of the original (60% lost too
+    much of a bare 8 px trigger: held-out AUROC 0.53 against 0.88 uncropped after 80 steps).
 
     A bank window holds its host's background around the trigger; with one or a few windows the
     classifier otherwise learns that background (measured on the generated test set: the exact
@@ -118,32 +122,6 @@ def _random_crop(patch: torch.Tensor, generator: torch.Generator, least: float =
     y0 = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
     x0 = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
     return patch[:, y0 : y0 + ch, x0 : x0 + cw]
-
-
-def paste_decoys(x: torch.Tensor, variants: list[torch.Tensor], chosen: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """x (B, 3, R, R) with, where `chosen` (B,) is True, a window of another image of the batch
-    pasted in, of the size of a random bank variant.
-
-    Bank windows hold some background around the trigger, so without decoys the classifier learns
-    "a pasted square" instead of the trigger and misses real poisons (measured on the generated
-    test set: pasted-trigger AUROC 1.0, yet real poisons scored a median 0.05).
-    """
-    idx = chosen.nonzero().flatten()
-    b, _, r, _ = x.shape
-    if len(idx) == 0 or not variants or b < 2:
-        return x
-    choice = torch.randint(len(variants), (len(idx),), generator=generator)
-    donors = (idx + torch.randint(1, b, (len(idx),), generator=generator).to(idx.device)) % b
-    windows = []
-    for i, d in zip(choice.tolist(), donors.tolist()):
-        h, w = variants[i].shape[1:]
-        y0, x0 = (int(v) for v in torch.randint(0, r - max(h, w) + 1, (2,), generator=generator))
-        windows.append(x[d, :, y0 : y0 + h, x0 : x0 + w])
-    patches, sizes = pad_patches(windows)
-    corners = random_corners(sizes, r, generator, max(1, r // 20))
-    out = x.clone()
-    out[idx] = paste_patches(x[idx], patches, sizes, corners)
-    return out
 
 
 def to_input(x: torch.Tensor, input_size: int) -> torch.Tensor:
@@ -170,7 +148,7 @@ def train_classifiers(
     """Train `models` PoisonNets, each from its own seed, on images of `pool` (rows believed clean).
 
     Each step draws `batch` rows; each becomes a positive with probability 0.5 (a bank window
-    pasted in); half the negatives get a decoy (a window of another image pasted the same way). AdamW with a cosine schedule. Returns the nets in eval mode.
+    pasted in, randomly cropped). AdamW with a cosine schedule. Returns the nets in eval mode.
     """
     size = classifier_input(resolution)
     variants = bank_variants(bank, resolution)
@@ -188,8 +166,7 @@ def train_classifiers(
             rows = np.sort(rng.choice(pool, size=min(batch, len(pool)), replace=len(pool) < batch))
             x = load(rows)
             positive = (torch.rand(len(rows), generator=gen) < 0.5).to(x.device)
-            decoy = (torch.rand(len(rows), generator=gen) < 0.5).to(x.device) & ~positive
-            x = paste_decoys(paste_bank(x, variants, positive, gen), variants, decoy, gen)
+            x = paste_bank(x, variants, positive, gen)
             flip = (torch.rand(len(rows), generator=gen) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
             loss = F.binary_cross_entropy_with_logits(net(to_input(x, size)), positive.float())

@@ -19,6 +19,7 @@ from torch import nn
 # float16 memmap of any size is never converted to float32 as a whole.
 _TRAIN_POINTS_PER_CENTROID = 256
 _ASSIGN_CHUNK = 65536
+_CHEAP_RESTARTS = 20_000_000  # training rows × clusters below which k-means restarts 3 times
 
 
 def default_clusters(n: int) -> int:
@@ -79,7 +80,10 @@ def spherical_kmeans(embeddings: np.ndarray, k: int, iters: int = 20, seed: int 
     if k == 1:
         centroids = _unit_rows(train.mean(axis=0, keepdims=True))
     else:
-        kmeans = faiss.Kmeans(d, k, niter=iters, spherical=True, seed=seed, verbose=False, min_points_per_centroid=1)
+        # Several restarts (best objective kept) where they are cheap: one random init can merge two
+        # groups and split a third, and a poison group merged into a class cluster is lost.
+        nredo = 3 if len(train) * k <= _CHEAP_RESTARTS else 1
+        kmeans = faiss.Kmeans(d, k, niter=iters, nredo=nredo, spherical=True, seed=seed, verbose=False, min_points_per_centroid=1)
         kmeans.train(train)
         centroids = _unit_rows(np.ascontiguousarray(kmeans.centroids, dtype=np.float32))
     assignments = np.empty(n, np.int64)

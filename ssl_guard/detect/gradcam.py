@@ -41,7 +41,8 @@ def stage_module(encoder: nn.Module, stage: int, resolution: int) -> nn.Module:
     finally:
         for h in hooks:
             h.remove()
-    for module, out in seen:
+    # Containers finish after their last child and return the same tensor: take the outermost.
+    for module, out in reversed(seen):
         if out is target:
             return module
     for module, out in reversed(seen):

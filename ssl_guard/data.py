@@ -33,9 +33,6 @@ DEFAULT_FILES_PER_UNIT = 1_000
 # PIL format names tried when decoding ("JPEG" also opens the multi-picture MPO files of cameras)
 DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "PPM", "GIF")
 
-# The library enforces its own, explicit limit; PIL's warning-only check would fire first.
-Image.MAX_IMAGE_PIXELS = None
-
 
 @dataclass(frozen=True, order=True)
 class SampleId:
@@ -346,9 +343,16 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     decompression bomb costs nothing. Only raster formats are tried (`DECODED_FORMATS`): the data
     is untrusted, and PIL would hand an EPS file to Ghostscript whatever its name.
 
+    PIL's own process-wide bomb check (`Image.MAX_IMAGE_PIXELS`) is left as the host application
+    set it, since this module is also imported into training processes through the guard; it is
+    raised only when `max_pixels` asks for more than it allows.
+
     Raises:
         DecodeError: unreadable, truncated, not a supported format, or larger than `max_pixels`.
     """
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if pil_limit is not None and max_pixels > 2 * pil_limit:  # PIL refuses above twice its limit
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -364,7 +368,9 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     except UnidentifiedImageError:
         # PIL's message names the in-memory buffer's address, which differs on every run
         raise DecodeError(f"undecodable image: not a supported image format ({', '.join(DECODED_FORMATS)})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise DecodeError(f"oversized image: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise DecodeError(f"undecodable image: {error}") from None
     except Exception as error:  # noqa: BLE001
         # Malformed headers and EXIF also surface as struct.error, OverflowError, KeyError, ...

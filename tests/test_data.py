@@ -7,6 +7,8 @@ import gzip
 import io
 import os
 import struct
+import subprocess
+import sys
 import tarfile
 import zlib
 from pathlib import Path
@@ -472,8 +474,31 @@ def test_size_limit_is_checked_from_the_header_before_decoding():
 
 
 def test_decompression_bomb_header_is_refused_at_the_default_limit():
-    with pytest.raises(DecodeError, match="oversized image: 100000x100000"):
+    with pytest.raises(DecodeError, match="oversized image: .*100000"):
         decode_rgb(_png_claiming(100_000, 100_000))
+    with pytest.raises(DecodeError, match="oversized image: 9000x9000 pixels exceeds the limit of 64000000"):
+        decode_rgb(_png_claiming(9_000, 9_000))
+
+
+def test_importing_the_library_leaves_pil_bomb_limit_alone():
+    # the guard imports this module inside training processes: it must not disable PIL's check there
+    code = "from PIL import Image; before = Image.MAX_IMAGE_PIXELS; import ssl_guard.data; print(before, Image.MAX_IMAGE_PIXELS)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
+
+    assert out[0] == out[1] != "None"
+
+
+def test_pil_bomb_limit_is_raised_only_when_a_larger_limit_is_asked(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+
+    with pytest.raises(DecodeError, match="oversized image: .*decompression bomb"):
+        decode_rgb(_png_claiming(100, 100), max_pixels=1_500)  # 10 000 pixels: refused by PIL's own check
+    assert Image.MAX_IMAGE_PIXELS == 1_000
+
+    with pytest.raises(DecodeError, match="oversized image: 100x100 pixels exceeds the limit of 5000"):
+        decode_rgb(_png_claiming(100, 100), max_pixels=5_000)
+    assert Image.MAX_IMAGE_PIXELS == 5_000
 
 
 def test_to_square_array_resizes_the_whole_image_without_cropping():

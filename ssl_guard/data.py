@@ -81,7 +81,7 @@ class Sources:
 
 
 def _is_shard(name: str) -> bool:
-    return name.endswith(SHARD_SUFFIXES)
+    return name.lower().endswith(SHARD_SUFFIXES)
 
 
 def _is_image(name: str) -> bool:
@@ -309,7 +309,7 @@ def _lacks_end_marker(url: str) -> bool:
     import tarfile
 
     path = url[len("file:") :] if url.startswith("file:") else url
-    if not path.endswith(".tar") or "://" in path or path.startswith("pipe:") or not os.path.isfile(path):
+    if not path.lower().endswith(".tar") or "://" in path or path.startswith("pipe:") or not os.path.isfile(path):
         return False
     try:
         with open(path, "rb") as handle:

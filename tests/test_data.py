@@ -154,6 +154,15 @@ def test_folder_of_shards_includes_nested_and_gzipped_shards(three_shards, tmp_p
     assert all(i.source == "extra/more.tar.gz" for i in gz_ids)
 
 
+def test_shard_suffix_is_matched_in_any_case(three_shards):
+    upper = three_shards[0].rename(three_shards[0].with_name("UPPER.TAR"))
+
+    sources = resolve_sources([upper])
+    _, ids, skipped = _collect(sources)
+
+    assert [u.name for u in sources.units] == ["UPPER.TAR"] and len(ids) == 4 and skipped == []
+
+
 def test_brace_pattern_selects_exactly_the_named_shards(three_shards):
     folder = three_shards[0].parent
 

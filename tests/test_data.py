@@ -61,7 +61,7 @@ def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
 
 
 def _collect(sources, resolution: int = 8, batch_size: int = 4, workers: int = 0, **kwargs):
-    """All batches of a stream, and the ids, skipped records and per-unit batch lists in it."""
+    """All batches of a stream, with the ids and the skipped records they carry, in order."""
     batches = list(stream_batches(sources, resolution, batch_size=batch_size, workers=workers, **kwargs))
     ids = [sample_id for batch in batches for sample_id in batch.ids]
     skipped = [record for batch in batches for record in batch.skipped]
@@ -105,7 +105,7 @@ def mixed_folder(tmp_path) -> Path:
 
 
 @pytest.fixture
-def three_shards(tmp_path) -> list[Path]:
+def four_shards(tmp_path) -> list[Path]:
     """Four shards `shard-00000N.tar` of 4 samples each (16 px PNG + .cls)."""
     return synthetic.write_shards(tmp_path / "shards", per_class=4, classes=4, size=16, per_shard=4)
 
@@ -130,19 +130,19 @@ def test_folder_files_are_grouped_into_stable_units(mixed_folder):
     assert [len(unit.files) for unit in sources.units] == [4, 2]
 
 
-def test_single_shard_is_one_unit_named_relative_to_its_folder(three_shards):
-    sources = resolve_sources([three_shards[1]])
+def test_single_shard_is_one_unit_named_relative_to_its_folder(four_shards):
+    sources = resolve_sources([four_shards[1]])
 
-    assert Path(sources.root) == three_shards[1].parent.resolve()
+    assert Path(sources.root) == four_shards[1].parent.resolve()
     assert [(u.name, u.kind) for u in sources.units] == [("shard-000001.tar", "shard")]
-    assert Path(sources.units[0].url) == three_shards[1].resolve()
+    assert Path(sources.units[0].url) == four_shards[1].resolve()
 
 
-def test_folder_of_shards_includes_nested_and_gzipped_shards(three_shards, tmp_path):
-    folder = three_shards[0].parent
+def test_folder_of_shards_includes_nested_and_gzipped_shards(four_shards, tmp_path):
+    folder = four_shards[0].parent
     nested = folder / "extra" / "more.tar.gz"
     nested.parent.mkdir()
-    nested.write_bytes(gzip.compress(three_shards[0].read_bytes()))
+    nested.write_bytes(gzip.compress(four_shards[0].read_bytes()))
     (folder / "README.md").write_text("shards")
 
     sources = resolve_sources([folder])
@@ -150,12 +150,12 @@ def test_folder_of_shards_includes_nested_and_gzipped_shards(three_shards, tmp_p
     names = [u.name for u in sources.units]
     assert names == ["extra/more.tar.gz"] + [f"shard-{i:06d}.tar" for i in range(4)]
     gz_ids = [raw.id for raw in iter_raw_samples(sources.units[0])]
-    assert [i.key for i in gz_ids] == [n[: -len(".png")] for n in _member_names(three_shards[0]) if n.endswith(".png")]
+    assert [i.key for i in gz_ids] == [n[: -len(".png")] for n in _member_names(four_shards[0]) if n.endswith(".png")]
     assert all(i.source == "extra/more.tar.gz" for i in gz_ids)
 
 
-def test_shard_suffix_is_matched_in_any_case(three_shards):
-    upper = three_shards[0].rename(three_shards[0].with_name("UPPER.TAR"))
+def test_shard_suffix_is_matched_in_any_case(four_shards):
+    upper = four_shards[0].rename(four_shards[0].with_name("UPPER.TAR"))
 
     sources = resolve_sources([upper])
     _, ids, skipped = _collect(sources)
@@ -163,16 +163,16 @@ def test_shard_suffix_is_matched_in_any_case(three_shards):
     assert [u.name for u in sources.units] == ["UPPER.TAR"] and len(ids) == 4 and skipped == []
 
 
-def test_brace_pattern_selects_exactly_the_named_shards(three_shards):
-    folder = three_shards[0].parent
+def test_brace_pattern_selects_exactly_the_named_shards(four_shards):
+    folder = four_shards[0].parent
 
     sources = resolve_sources([str(folder / "shard-{000000..000002}.tar")])
 
     assert [u.name for u in sources.units] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
 
 
-def test_glob_pattern_is_expanded_in_sorted_order(three_shards):
-    folder = three_shards[0].parent
+def test_glob_pattern_is_expanded_in_sorted_order(four_shards):
+    folder = four_shards[0].parent
 
     sources = resolve_sources([str(folder / "shard-00000[13].tar")])
 
@@ -194,10 +194,10 @@ def test_existing_path_with_glob_characters_is_taken_literally(tmp_path):
     ["missing-folder", "shard-*.tar", "nothing-{000..002}.tar", "shard-{000000..000009}.tar"],
     ids=["missing path", "glob matching nothing", "brace of missing files", "brace partly missing"],
 )
-def test_spec_matching_nothing_is_a_data_not_found_error(three_shards, spec):
-    folder = three_shards[0].parent / "elsewhere"
+def test_spec_matching_nothing_is_a_data_not_found_error(four_shards, spec):
+    folder = four_shards[0].parent / "elsewhere"
     folder.mkdir()
-    target = three_shards[0].parent if spec.startswith("shard-{") else folder
+    target = four_shards[0].parent if spec.startswith("shard-{") else folder
 
     with pytest.raises(DataNotFoundError) as error:
         resolve_sources([str(target / spec)])
@@ -247,12 +247,12 @@ def test_unit_names_are_stable_and_independent_of_the_working_directory(tmp_path
     assert all(not rel.startswith(("/", "..")) for u in first.units for rel in u.files)
 
 
-def test_overlapping_specs_give_each_sample_one_unit(tmp_path, three_shards):
+def test_overlapping_specs_give_each_sample_one_unit(tmp_path, four_shards):
     folder = tmp_path / "images"
     synthetic.write_folder(folder, per_class=2, classes=2, size=16)
     sub = folder / synthetic.CLASS_NAMES[1]
     one_file = next(sub.iterdir())
-    shard = three_shards[0]
+    shard = four_shards[0]
 
     sources = resolve_sources([folder, sub, one_file, folder, shard, str(shard.parent / "." / shard.name)])
 
@@ -294,13 +294,13 @@ def test_folder_ids_are_relative_path_and_path_without_extension(mixed_folder):
     assert labels["a/deep/two.webp"] == "deep" and labels["b/five.png"] == "b" and labels["three.bmp"] is None
 
 
-def test_shard_ids_are_shard_name_and_webdataset_key(three_shards):
-    sources = resolve_sources([three_shards[0].parent])
+def test_shard_ids_are_shard_name_and_webdataset_key(four_shards):
+    sources = resolve_sources([four_shards[0].parent])
 
     raws = [raw for unit in sources.units for raw in iter_raw_samples(unit)]
 
     expected = [
-        SampleId(shard.name, name[: -len(".png")]) for shard in three_shards for name in _member_names(shard) if name.endswith(".png")
+        SampleId(shard.name, name[: -len(".png")]) for shard in four_shards for name in _member_names(shard) if name.endswith(".png")
     ]
     assert [raw.id for raw in raws] == expected
     # the label is the .cls member, e.g. key "stripes_00001" has class 1
@@ -624,13 +624,13 @@ def test_members_of_a_key_that_are_not_adjacent_are_reported_not_read_twice(tmp_
     ]
 
 
-def test_shard_cut_in_the_middle_reports_one_shard_error_and_keeps_the_rest(three_shards):
-    folder = three_shards[0].parent
-    data = three_shards[1].read_bytes()
+def test_shard_cut_in_the_middle_reports_one_shard_error_and_keeps_the_rest(four_shards):
+    folder = four_shards[0].parent
+    data = four_shards[1].read_bytes()
     png_offsets = []
-    with tarfile.open(three_shards[1]) as tar:
+    with tarfile.open(four_shards[1]) as tar:
         png_offsets = [m.offset_data + m.size // 2 for m in tar.getmembers() if m.name.endswith(".png")]
-    three_shards[1].write_bytes(data[: png_offsets[2]])  # inside the third image
+    four_shards[1].write_bytes(data[: png_offsets[2]])  # inside the third image
 
     _, ids, skipped = _collect(resolve_sources([folder]), batch_size=3)
 
@@ -640,8 +640,8 @@ def test_shard_cut_in_the_middle_reports_one_shard_error_and_keeps_the_rest(thre
     assert sum(i.source != "shard-000001.tar" for i in ids) == 12  # the other shards are untouched
 
 
-def test_shard_cut_between_members_is_reported_not_read_as_complete(three_shards):
-    shard = three_shards[2]
+def test_shard_cut_between_members_is_reported_not_read_as_complete(four_shards):
+    shard = four_shards[2]
     with tarfile.open(shard) as tar:
         members = tar.getmembers()
     boundary = members[4].offset  # the header of the third sample's image: a clean member boundary
@@ -654,15 +654,15 @@ def test_shard_cut_between_members_is_reported_not_read_as_complete(three_shards
     assert skipped[0].reason.startswith("shard read error: truncated shard")
 
 
-def test_complete_shards_report_nothing(three_shards):
-    _, ids, skipped = _collect(resolve_sources([three_shards[0].parent]))
+def test_complete_shards_report_nothing(four_shards):
+    _, ids, skipped = _collect(resolve_sources([four_shards[0].parent]))
 
     assert skipped == [] and len(ids) == 16
 
 
-def test_shard_is_complete_once_an_end_block_follows_its_last_member(three_shards):
+def test_shard_is_complete_once_an_end_block_follows_its_last_member(four_shards):
     # tarfile pads to 10 KiB records; a copy that kept one zero block of that padding is whole
-    shard = three_shards[0]
+    shard = four_shards[0]
     with tarfile.open(shard) as tar:
         last = tar.getmembers()[-1]
     end = last.offset_data + -(-last.size // 512) * 512
@@ -678,8 +678,8 @@ def test_shard_is_complete_once_an_end_block_follows_its_last_member(three_shard
 
 
 @pytest.mark.parametrize("damage", ["random bytes", "empty file", "gzip cut", "deleted"])
-def test_unreadable_shard_is_one_shard_error(three_shards, damage):
-    shard = three_shards[3]
+def test_unreadable_shard_is_one_shard_error(four_shards, damage):
+    shard = four_shards[3]
     sources = resolve_sources([shard])
     if damage == "random bytes":
         shard.write_bytes(os.urandom(4096))
@@ -735,8 +735,8 @@ def test_a_unit_without_images_still_ends_with_an_empty_last_batch(tmp_path):
     assert [s.id.key for s in skipped] == ["a", "b"]
 
 
-def test_chosen_units_only(three_shards):
-    sources = resolve_sources([three_shards[0].parent])
+def test_chosen_units_only(four_shards):
+    sources = resolve_sources([four_shards[0].parent])
 
     batches, ids, _ = _collect(sources, unit_indices=[1, 3], workers=0)
     nothing, _, _ = _collect(sources, unit_indices=[])
@@ -750,15 +750,15 @@ def test_chosen_units_only(three_shards):
 # fingerprints
 
 
-def test_fingerprint_follows_shard_content_not_location(tmp_path, three_shards):
-    copy = tmp_path / "copy" / three_shards[0].name
+def test_fingerprint_follows_shard_content_not_location(tmp_path, four_shards):
+    copy = tmp_path / "copy" / four_shards[0].name
     copy.parent.mkdir()
-    copy.write_bytes(three_shards[0].read_bytes())
-    original = resolve_sources([three_shards[0]]).units[0]
+    copy.write_bytes(four_shards[0].read_bytes())
+    original = resolve_sources([four_shards[0]]).units[0]
     copied = resolve_sources([copy]).units[0]
 
     assert fingerprint_unit(original) == fingerprint_unit(copied)
-    assert fingerprint_unit(original) != fingerprint_unit(resolve_sources([three_shards[1]]).units[0])
+    assert fingerprint_unit(original) != fingerprint_unit(resolve_sources([four_shards[1]]).units[0])
 
     data = bytearray(copy.read_bytes())
     data[600] ^= 0xFF  # one byte of the first image
@@ -783,15 +783,15 @@ def test_fingerprint_of_files_covers_names_and_bytes(tmp_path):
     assert fingerprint_unit(resolve_sources([folder]).units[0]) != changed
 
 
-def test_fingerprint_of_an_unreadable_file_or_shard_does_not_raise(tmp_path, three_shards):
+def test_fingerprint_of_an_unreadable_file_or_shard_does_not_raise(tmp_path, four_shards):
     folder = tmp_path / "f"
     synthetic.write_folder(folder, per_class=2, classes=1, size=16)
     files = resolve_sources([folder]).units[0]
-    shard = resolve_sources([three_shards[0]]).units[0]
+    shard = resolve_sources([four_shards[0]]).units[0]
     before = fingerprint_unit(files), fingerprint_unit(shard)
 
     (folder / files.files[0]).unlink()  # the scan reports it as skipped; the fingerprint must not crash
-    three_shards[0].unlink()
+    four_shards[0].unlink()
     after = fingerprint_unit(files), fingerprint_unit(shard)
 
     assert after[0] != before[0] and after[1] != before[1]

@@ -1,6 +1,6 @@
 """How `ssl-guard scan` scales: peak memory against dataset size, and per-stage throughput.
 
-    nice -n 10 python bench/bench_scale.py [SHARD_FOLDER] [--shards 3,5,10] [--resolutions 64,96]
+    nice -n 10 python bench/bench_scale.py [SHARD_FOLDER] [--shards 3,5,10] [--resolutions 64,96] [--mining-images N]
                                           [--full-resolution-shards 10] [--workers 2]
 
 SHARD_FOLDER defaults to bench/work/imagenette-patch-1pct/shards (built by make_benchmark.py:
@@ -16,8 +16,10 @@ workers) is sampled every 0.2 s from /proc:
 - peak RSS summed over the process tree (scan + decoders), and the largest anonymous sum.
 
 Stage times come from RUN/run.json (`stages.*.seconds`) and report.json (the detector's
-sub-stages); "wall" is the child's whole life, Python and torch start-up included. Prints
-Markdown tables and writes bench/work/scale/results.json.
+sub-stages); "wall" is the child's whole life, Python and torch start-up included. Before the
+scans, one child measures the single-thread cost per image of decoding + resizing a shard's JPEGs
+and of the encoder's forward pass (bench/work/scale/per_core.json; `--per-core-only` stops there).
+Prints Markdown tables and writes bench/work/scale/results.json.
 """
 
 from __future__ import annotations
@@ -114,10 +116,14 @@ def subset(data: Path, count: int) -> tuple[Path, int]:
     return folder, samples
 
 
-def scan_once(folder: Path, count: int, resolution: int, workers: int) -> dict:
-    run = WORK / f"run-{count}-{resolution}"
+def scan_once(folder: Path, count: int, resolution: int, workers: int, mining_images: int | None = None) -> dict:
+    run = WORK / (f"run-{count}-{resolution}" + (f"-mine{mining_images}" if mining_images else ""))
     shutil.rmtree(run, ignore_errors=True)  # this bench's own output from an earlier run
-    command = [sys.executable, "-m", "ssl_guard", "scan", str(folder), "--out", str(run), "--workers", str(workers), "--resolution", str(resolution), "--quiet"]
+    if mining_images:  # the CLI has no flag for it: the same scan through the library
+        call = f"from ssl_guard.detect.pipeline import scan; scan([{str(folder)!r}], {str(run)!r}, workers={workers}, resolution={resolution}, progress=False, mine={{'mining_images': {mining_images}}})"
+        command = [sys.executable, "-c", call]
+    else:
+        command = [sys.executable, "-m", "ssl_guard", "scan", str(folder), "--out", str(run), "--workers", str(workers), "--resolution", str(resolution), "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     result = measure(command, env)
     state = json.loads((run / "run.json").read_text())
@@ -127,6 +133,7 @@ def scan_once(folder: Path, count: int, resolution: int, workers: int) -> dict:
     return {
         "shards": count,
         "resolution": resolution,
+        "mining_images": mining_images or 20_000,
         "samples": report["n_samples"],
         "flagged": report["n_flagged"],
         "encoder": report["encoder"],
@@ -137,15 +144,49 @@ def scan_once(folder: Path, count: int, resolution: int, workers: int) -> dict:
     }
 
 
+def per_core_costs(data: Path, resolutions: list[int], samples: int = 512) -> dict:
+    """Single-thread cost per image of the embed stage's two halves, measured in a child with one
+    torch thread: decoding + resizing (per resolution), and the encoder's forward pass."""
+    code = f"""
+import json, time, torch, numpy as np
+torch.set_num_threads(1)
+from ssl_guard.data import resolve_sources, iter_raw_samples, decode_rgb, to_square_array
+from ssl_guard.encoders import load_encoder
+from ssl_guard.config import DEFAULT_MINING_ENCODER
+unit = resolve_sources([{str(data)!r}]).units[0]
+raw = [s.data for _, s in zip(range({samples}), iter_raw_samples(unit)) if s.data]
+out = {{"images": len(raw)}}
+for r in {resolutions!r}:
+    clock = time.perf_counter()
+    pixels = np.stack([to_square_array(decode_rgb(b), r) for b in raw])
+    decode = (time.perf_counter() - clock) / len(raw)
+    net = load_encoder(DEFAULT_MINING_ENCODER.replace("resolution=64", f"resolution={{r}}"), "cpu")
+    x = torch.from_numpy(pixels).float().div_(255).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        net(x[:32])
+        clock = time.perf_counter()
+        for start in range(0, len(x), 128):
+            net(x[start:start + 128])
+    forward = (time.perf_counter() - clock) / len(raw)
+    out[str(r)] = {{"decode_ms": 1000 * decode, "forward_ms": 1000 * forward, "embed_dim": int(net.config.embed_dim)}}
+print(json.dumps(out))
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def mib(value: int) -> str:
     return f"{value / 2**20:,.0f}"
 
 
 def tables(results: list[dict]) -> str:
-    lines = ["### Peak memory", "", "| images | px | scan RSS peak (VmHWM) | of which anonymous / file-backed at the peak | scan anonymous peak | tree RSS peak (scan + decoders) | tree anonymous peak |", "|---|---|---|---|---|---|---|"]
+    lines = ["### Peak memory", "", "| images | px | mined | scan RSS peak (VmHWM) | of which anonymous / file-backed at the peak | scan anonymous peak | tree RSS peak (scan + decoders) | tree anonymous peak |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         m = r["memory"]
-        lines.append(f"| {r['samples']:,} | {r['resolution']} | {mib(m['main_hwm'])} MiB | {mib(m['main_anon_at_peak'])} / {mib(m['main_file_at_peak'])} MiB | {mib(m['main_anon'])} MiB | {mib(m['tree_rss'])} MiB | {mib(m['tree_anon'])} MiB |")
+        lines.append(f"| {r['samples']:,} | {r['resolution']} | {min(r['samples'], r.get('mining_images', 20_000)):,} | {mib(m['main_hwm'])} MiB | {mib(m['main_anon_at_peak'])} / {mib(m['main_file_at_peak'])} MiB | {mib(m['main_anon'])} MiB | {mib(m['tree_rss'])} MiB | {mib(m['tree_anon'])} MiB |")
     lines += ["", "### Stage times", "", "| images | px | stage | seconds | images/s |", "|---|---|---|---|---|"]
     for r in results:
         for name, s in r["stages"].items():
@@ -168,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resolutions", default="64,96")
     parser.add_argument("--full-resolution-shards", default="10", help="shard counts also scanned at every other resolution")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--mining-images", type=int, default=None, help="mine's sample cap (default 20,000): a smaller cap shows memory beyond it")
+    parser.add_argument("--per-core-only", action="store_true", help="only the single-thread decode / forward costs")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} does not exist: build it with bench/make_benchmark.py")
@@ -175,17 +218,23 @@ def main(argv: list[str] | None = None) -> None:
     resolutions = [int(r) for r in args.resolutions.split(",")]
     every = {int(c) for c in args.full_resolution_shards.split(",") if c}
     WORK.mkdir(parents=True, exist_ok=True)
+    costs = per_core_costs(args.data, resolutions)
+    print("single-thread cost per image (ms): " + json.dumps(costs), file=sys.stderr, flush=True)
+    (WORK / "per_core.json").write_text(json.dumps(costs, indent=2))
+    if args.per_core_only:
+        return
     results = []
+    results_name = f"results-mine{args.mining_images}.json" if args.mining_images else "results.json"
     for count in counts:
         folder, _ = subset(args.data, count)
         for resolution in resolutions if count in every else resolutions[:1]:
             print(f"scanning {count} shard(s) at {resolution} px ...", file=sys.stderr, flush=True)
-            result = scan_once(folder, count, resolution, args.workers)
+            result = scan_once(folder, count, resolution, args.workers, args.mining_images)
             results.append(result)
             print(f"  {result['samples']:,} images, {result['wall']:.0f} s, scan VmHWM {mib(result['memory']['main_hwm'])} MiB", file=sys.stderr, flush=True)
-            (WORK / "results.json").write_text(json.dumps(results, indent=2))
+            (WORK / results_name).write_text(json.dumps(results, indent=2))
     text = tables(results)
-    (WORK / "results.json").write_text(json.dumps(results, indent=2))
+    (WORK / results_name).write_text(json.dumps(results, indent=2))
     print(text)
 
 

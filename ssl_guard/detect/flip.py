@@ -83,6 +83,8 @@ def flip_test(
 
     patches: C tensors (3, h, w) float in [0, 1]; clusters: (C,) each candidate's cluster;
     references: (M, 3, R, R) float in [0, 1] on the head's device; reference_clusters: (M,) their
+    references may also be (M, 3, R, R) uint8 (converted chunk by chunk, so 1,000 references at
+    224 px hold 150 MB, not 600 MB); reference_clusters: (M,) their
     clusters as assigned by the same head. Every (candidate, reference) pair is one pasted image.
     """
     c, m = len(patches), len(references)
@@ -99,7 +101,10 @@ def flip_test(
     for start in range(0, c * m, max_batch):
         sl = slice(start, start + max_batch)
         pc, pr = pair_candidate[sl], pair_reference[sl]
-        pasted = paste_patches(references[pr], padded[pc], sizes[pc], corners[sl])
+        refs = references[pr]
+        if refs.dtype == torch.uint8:
+            refs = refs.float() / 255
+        pasted = paste_patches(refs, padded[pc], sizes[pc], corners[sl])
         landed[sl] = head.assign(pasted)
     landed = landed.view(c, m)
     eligible = ref_clusters[None, :] != target[:, None]

@@ -250,8 +250,11 @@ class _Run:
 
         t0 = time.perf_counter()
         ref_rows = reference_rows(clustering, cfg.flip_refs)
-        self.refs = self.load(ref_rows)
-        self.ref_clusters = torch.cat([self.head.assign(self.refs[i : i + cfg.max_batch]) for i in range(0, len(self.refs), cfg.max_batch)]).cpu().numpy()
+        # kept as uint8: the flip test converts them chunk by chunk
+        self.refs = torch.from_numpy(np.array(self.images[ref_rows])).to(self.device)
+        self.ref_clusters = torch.cat(
+            [self.head.assign(self.refs[i : i + cfg.max_batch].float() / 255) for i in range(0, len(self.refs), cfg.max_batch)]
+        ).cpu().numpy()
         self.forwards["flip"] += len(ref_rows)
         self.seconds["flip"] += time.perf_counter() - t0
         self.details["flip_refs"] = int(len(ref_rows))

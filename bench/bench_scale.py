@@ -146,7 +146,8 @@ def scan_once(folder: Path, count: int, resolution: int, workers: int, mining_im
 
 def per_core_costs(data: Path, resolutions: list[int], samples: int = 512) -> dict:
     """Single-thread cost per image of the embed stage's two halves, measured in a child with one
-    torch thread: decoding + resizing (per resolution), and the encoder's forward pass."""
+    torch thread: decoding + resizing (per resolution), and the encoder's forward pass (with its
+FLOP count from torch's FlopCounterMode)."""
     code = f"""
 import json, time, torch, numpy as np
 torch.set_num_threads(1)
@@ -168,7 +169,11 @@ for r in {resolutions!r}:
         for start in range(0, len(x), 128):
             net(x[start:start + 128])
     forward = (time.perf_counter() - clock) / len(raw)
-    out[str(r)] = {{"decode_ms": 1000 * decode, "forward_ms": 1000 * forward, "embed_dim": int(net.config.embed_dim)}}
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        net(x[:8])
+    out[str(r)] = {{"decode_ms": 1000 * decode, "forward_ms": 1000 * forward, "forward_gflop": counter.get_total_flops() / 8 / 1e9, "embed_dim": int(net.config.embed_dim)}}
 print(json.dumps(out))
 """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

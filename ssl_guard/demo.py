@@ -41,5 +41,8 @@ def run_demo(folder: Path, images_per_class: int = 250, classes: int = 8, rate: 
     attack = build_attack("patch", seed=seed, trigger_width=0.19)
     poison_dataset([str(clean)], poisoned, truth, attack, target_class=synthetic.CLASS_NAMES[0], rate=rate, seed=seed, samples_per_shard=500, image_format="png")
     bootstrap([str(poisoned)], folder / "encoder", BootstrapConfig(epochs=bootstrap_epochs, resolution=64, width=32, batch_size=128, seed=seed), device="auto", progress=progress)
-    result = scan([str(poisoned)], folder / "run", encoder=str(folder / "encoder"), method="auto", seed=seed, progress=progress)
+    # `mine` is the pre-training detector; the bootstrapped encoder supplies the semantic clusters
+    # that tell a targeted attack from a benign repeat. (`poisoncam` needs an encoder that has
+    # learned the backdoor, which a minutes-long CPU bootstrap has not.)
+    result = scan([str(poisoned)], folder / "run", encoder=str(folder / "encoder"), method="mine", seed=seed, progress=progress)
     return DemoResult(folder, result, evaluate_run(folder / "run", truth))

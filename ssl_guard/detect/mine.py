@@ -50,13 +50,14 @@ class MineConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
+    descriptor_encoder: str = pydantic.Field("random:resnet18?width=64&seed=0", description="the network whose feature cells are the descriptors")
     stage: int = pydantic.Field(0, ge=0, le=2, description="encoder stage whose cells are the descriptors")
     cells_per_image: int = pydantic.Field(12, ge=1, le=256)
     mining_images: int = pydantic.Field(20_000, ge=100, description="images sampled for mining; the rest are only scored")
     near_rank: int = pydantic.Field(8, ge=1, description="k of the near neighbour in the gap score")
     far_rank: int = pydantic.Field(48, ge=2, description="K of the far neighbour in the gap score")
     seed_fraction: float = pydantic.Field(0.02, gt=0, le=1, description="share of mined cells kept as seeds")
-    link_similarity: float = pydantic.Field(0.92, gt=0, lt=1)
+    link_similarity: float = pydantic.Field(0.88, gt=0, lt=1)
     min_hosts: int | None = pydantic.Field(None, ge=2, description="fewest distinct images a candidate must span")
     max_candidates: int = pydantic.Field(8, ge=1, description="candidates verified per mining round")
     seed_trials: int = pydantic.Field(6, ge=1, description="member cells tried as a candidate's seed window")
@@ -64,7 +65,7 @@ class MineConfig(pydantic.BaseModel):
     match_residual: float = pydantic.Field(0.35, gt=0, lt=1, description="normalised pixel residual below which a pattern matches")
     min_flip_rate: float = pydantic.Field(0.5, ge=0, le=1)
     min_mask_collapse: float = pydantic.Field(0.8, ge=0, le=1)
-    min_separation: float = pydantic.Field(0.05, ge=0, description="least gap between hosts' and clean images' activation of a pattern's cluster")
+    min_separation: float = pydantic.Field(0.0, description="least gap between hosts' and clean images' activation of a pattern's cluster")
     max_lookalike_ratio: float = pydantic.Field(0.25, ge=0, description="images just above a pattern's threshold per image below it")
     flip_images: int = pydantic.Field(64, ge=4)
     prevalence_guard: float = pydantic.Field(0.2, gt=0, le=1, description="a pattern in more than this share of the data is reported, not quarantined")
@@ -581,6 +582,27 @@ def calibrate(host_residuals: np.ndarray, sample_residuals: np.ndarray, ceiling:
 # The detector
 
 
+def prevalence_guard(flagged: np.ndarray, which: np.ndarray, patterns: int, limit: float) -> tuple[np.ndarray, list[float], list[str]]:
+    """Unflag the samples of any pattern found in more than `limit` of the data (DESIGN §2.7).
+
+    A "trigger" carried by a large share of a dataset is a property of the data (a watermark, a
+    frame, a logo), not a poison: it is reported, and quarantining half the data is left to a
+    person's decision.
+
+    Returns:
+        the new flags (N,) bool, each pattern's flagged share, and one warning per guarded pattern.
+    """
+    flagged = flagged.copy()
+    shares, warnings = [], []
+    for t in range(patterns):
+        share = float((flagged & (which == t)).mean()) if len(flagged) else 0.0
+        shares.append(share)
+        if share > limit:
+            warnings.append(f"pattern {t} matches {share:.0%} of the data, above the prevalence guard of {limit:.0%}: a property of the data, not quarantined")
+            flagged &= which != t
+    return flagged, shares, warnings
+
+
 def host_concentration(hosts: np.ndarray, semantic: np.ndarray) -> tuple[float, float]:
     """How concentrated the hosts are in one semantic cluster: (share of hosts in their most
     common cluster, that share divided by the cluster's share of the data)."""
@@ -720,16 +742,11 @@ def detect_mine(
     y, x = corner[np.arange(n), which, 0], corner[np.arange(n), which, 1]
     sizes = np.array([t.shape[1:] for t in templates])[which]
     boxes = np.where(flagged[:, None], np.stack([x, y, x + sizes[:, 1], y + sizes[:, 0]], 1), -1).astype(np.int32)
+    flagged, shares, guard_warnings = prevalence_guard(flagged, which, len(accepted), config.prevalence_guard)
+    warnings.extend(guard_warnings)
     bank: list[TriggerPattern] = []
     for t, (pattern, evidence, threshold) in enumerate(accepted):
-        share = float((flagged & (which == t)).mean())
-        evidence["flagged_share"] = share
-        if share > config.prevalence_guard:
-            warnings.append(
-                f"pattern {t} matches {share:.0%} of the data, above the prevalence guard of "
-                f"{config.prevalence_guard:.0%}: a property of the data, not quarantined"
-            )
-            flagged &= which != t
+        evidence["flagged_share"] = shares[t]
         bank.append(TriggerPattern(
             pixels=(pattern.template.clamp(0, 1) * 255).round().byte().cpu().numpy(),
             host=int(pattern.hosts[0]),

@@ -180,9 +180,7 @@ def _encoder(config: ScanConfig, run: RunFolder, data: Sequence[str], device, ra
 
     spec = config.encoder
     if spec == "auto":
-        spec = DEFAULT_MINING_ENCODER
-        if config.resolution:
-            spec = spec.replace("resolution=64", f"resolution={config.resolution}")
+        spec = _at_resolution(DEFAULT_MINING_ENCODER, config.resolution or 64)
     if spec != "bootstrap":
         return load_encoder(spec, device)
     from ssl_guard.encoders.bootstrap import BootstrapConfig, bootstrap
@@ -225,12 +223,10 @@ def _run_detector(name: str, arrays: ScanArrays, semantic: np.ndarray, net, conf
         from ssl_guard.detect.mine import detect_mine
         from ssl_guard.encoders import load_encoder
 
-        # the descriptor network: the threat model's stem when it is an ImageNet-stem CNN at the
-        # scan resolution, else the seeded random stem (whose cells suit a 64 px patch)
-        if net.config.stem == "imagenet":
-            describer = net
-        else:
-            describer = load_encoder(DEFAULT_MINING_ENCODER.replace("resolution=64", f"resolution={resolution}"), device)
+        # mine's descriptors come from a fixed, seeded random stem at the scan resolution: it needs
+        # no training, and its 11 px cells match a patch trigger's size at 64 px; the threat
+        # model still provides the semantic clusters of the targeted / untargeted test
+        describer = load_encoder(_at_resolution(config.mine.descriptor_encoder, resolution), device)
         stage = config.mine.stage
 
         def features(x):
@@ -240,6 +236,17 @@ def _run_detector(name: str, arrays: ScanArrays, semantic: np.ndarray, net, conf
     from ssl_guard.detect.poisoncam import ClusterMaskingConfig, detect_clusters
 
     return detect_clusters(arrays.images, arrays.embeddings, net, ClusterMaskingConfig(**config.cluster), name, device, bar)
+
+
+def _at_resolution(spec: str, resolution: int) -> str:
+    """A `random:` encoder spec with its resolution set to the scan's."""
+    import re
+
+    if not spec.startswith("random"):
+        return spec
+    if "resolution=" in spec:
+        return re.sub(r"resolution=\d+", f"resolution={resolution}", spec)
+    return spec + ("&" if "?" in spec else "?") + f"resolution={resolution}"
 
 
 def combine(detections: list[Detection]) -> Detection:

@@ -273,7 +273,8 @@ class _Run:
             self.progress.update(search_task, total=len(search.candidates), completed=len(search.candidates))
         cands = search.candidates
         verification = self.verification(cands)
-        passed = [c for c in cands if c.score >= verification.threshold and c.drop >= cfg.drop_floor]
+        reached = [c for c in cands if c.score >= verification.threshold]
+        passed = [c for c in reached if c.drop >= cfg.drop_floor]
         controls = self.control_rates(passed)
         verified = [c for c, ctrl in zip(passed, controls) if ctrl <= cfg.control_ratio * c.score]
         verified.sort(key=lambda c: -c.score)
@@ -287,7 +288,8 @@ class _Run:
                 "threshold": verification.threshold,
                 "first_round_median": verification.null_median,
                 "first_round_mad": verification.null_mad,
-                "passed_flip_rate": len(passed),
+                "reached_flip_rate": len(reached),
+                "rejected_by_drop": len(reached) - len(passed),
                 "rejected_by_control": len(passed) - len(verified),
                 "verified": len(verified),
                 "best_flip_rate": max((c.score for c in cands), default=0.0),
@@ -304,7 +306,8 @@ class _Run:
         if not verified:
             self.warnings.append(
                 f"no candidate passed the flip test (best flip rate {self.details['verification']['best_flip_rate']:.2f}, "
-                f"needed {verification.threshold:.2f}): nothing flagged. Either the data holds no patch trigger "
+                f"needed {verification.threshold:.2f}; {len(reached)} reached it but failed the activation-drop or "
+                "control-window check): nothing flagged. Either the data holds no patch trigger "
                 "or the encoder has not learned it (a short CPU bootstrap does not; see docs/poisoncam.md)"
             )
             scores = np.zeros(self.n, np.float32)

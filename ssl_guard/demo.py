@@ -24,7 +24,9 @@ def run_demo(folder: Path, images_per_class: int = 250, classes: int = 8, rate: 
     """Build `folder/{clean,poisoned,truth.csv,encoder,run}` and return the scan and its metrics.
 
     The poisons are `rate` of the dataset, all from one class, each carrying the same generated
-    24-px trigger scaled to 19% of a 96-px image side (about 12 px at the 64-px scan resolution).
+    trigger scaled to 19% of the side (12 px). The images are made at the 64-px scan resolution,
+    so the trigger's copies are pixel-exact; bench/RESULTS.md measures real photos, where the
+    trigger is pasted before the scan's resize.
     """
     from ssl_guard import synthetic
     from ssl_guard.attacks.dataset import poison_dataset
@@ -37,7 +39,7 @@ def run_demo(folder: Path, images_per_class: int = 250, classes: int = 8, rate: 
     if folder.exists() and any(folder.iterdir()):
         raise RunDirError(f"{folder} already exists", "choose another --out; the demo never overwrites a folder")
     clean, poisoned, truth = folder / "clean", folder / "poisoned", folder / "truth.csv"
-    synthetic.write_folder(clean, per_class=images_per_class, classes=classes, size=96, seed=seed)
+    synthetic.write_folder(clean, per_class=images_per_class, classes=classes, size=64, seed=seed)
     attack = build_attack("patch", seed=seed, trigger_width=0.19)
     poison_dataset([str(clean)], poisoned, truth, attack, target_class=synthetic.CLASS_NAMES[0], rate=rate, seed=seed, samples_per_shard=500, image_format="png")
     bootstrap([str(poisoned)], folder / "encoder", BootstrapConfig(epochs=bootstrap_epochs, resolution=64, width=32, batch_size=128, seed=seed), device="auto", progress=progress)

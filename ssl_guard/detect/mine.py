@@ -99,7 +99,8 @@ class Cells:
 
 
 def _as_float(batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(batch)).to(device).float().div_(255.0)
+    # rows of a read-only memmap: np.require copies them into a writable block torch accepts
+    return torch.from_numpy(np.require(batch, requirements=["C", "W"])).to(device).float().div_(255.0)
 
 
 def cell_descriptors(images: np.ndarray, rows: np.ndarray, features: FeatureFn, stride: int, per_image: int, batch_size: int, device: torch.device, mean: torch.Tensor | None = None) -> tuple[Cells, torch.Tensor]:

@@ -5,37 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from ssl_guard import synthetic
 from ssl_guard.detect.mine import MineConfig, _block_around, calibrate, detect_mine, match_residual, paste, prevalence_guard
 from ssl_guard.encoders import load_encoder
+from tests.detect.planted import R, planted_patch_images as _poisoned
 
-R = 64
-
-
-def _poisoned(n: int, poisons: int, seed: int = 0, spread: bool = False):
-    """n scenes at 64 px; `poisons` of them (from class 0 unless `spread`) carry one 12-px trigger.
-
-    The trigger is pasted at the scan resolution here, so its copies are pixel-exact; the
-    benchmark (bench/RESULTS.md) covers triggers pasted before a resize on real photos.
-    """
-    rng = np.random.default_rng(seed)
-    images = np.zeros((n, 3, R, R), np.uint8)
-    truth = np.zeros(n, bool)
-    boxes = np.full((n, 4), -1.0)
-    pool = np.arange(n) if spread else np.arange(n // 4)
-    chosen = set(rng.choice(pool, poisons, replace=False).tolist())
-    trigger = synthetic.trigger_patch(seed=3, size=24).resize((12, 12), Image.BILINEAR)
-    for i in range(n):
-        scene = synthetic.scene(rng, 0 if i < n // 4 else 1 + i % 3, 96).resize((R, R), Image.BILINEAR)
-        if i in chosen:
-            x, y = (int(v) for v in rng.integers(16, 48 - 12, 2))
-            scene.paste(trigger, (x, y))
-            truth[i] = True
-            boxes[i] = [x, y, x + 12, y + 12]
-        images[i] = np.asarray(scene).transpose(2, 0, 1)
-    return images, truth, boxes
 
 
 def _iou(a, b) -> float:

@@ -1,0 +1,60 @@
+"""Generated images with a planted patch trigger, as arrays or as WebDataset shards."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ssl_guard import synthetic
+
+R = 64
+
+
+def planted_patch_images(n: int, poisons: int, seed: int = 0, spread: bool = False):
+    """n scenes at 64 px; `poisons` of them (from class 0 unless `spread`) carry one 12-px trigger.
+
+    The trigger is pasted at the scan resolution here, so its copies are pixel-exact; the
+    benchmark (bench/RESULTS.md) covers triggers pasted before a resize on real photos.
+    """
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 3, R, R), np.uint8)
+    truth = np.zeros(n, bool)
+    boxes = np.full((n, 4), -1.0)
+    pool = np.arange(n) if spread else np.arange(n // 4)
+    chosen = set(rng.choice(pool, poisons, replace=False).tolist())
+    trigger = synthetic.trigger_patch(seed=3, size=24).resize((12, 12), Image.BILINEAR)
+    for i in range(n):
+        scene = synthetic.scene(rng, 0 if i < n // 4 else 1 + i % 3, 96).resize((R, R), Image.BILINEAR)
+        if i in chosen:
+            x, y = (int(v) for v in rng.integers(16, 48 - 12, 2))
+            scene.paste(trigger, (x, y))
+            truth[i] = True
+            boxes[i] = [x, y, x + 12, y + 12]
+        images[i] = np.asarray(scene).transpose(2, 0, 1)
+    return images, truth, boxes
+
+
+def write_planted_shards(root: Path, n: int, poisons: int, seed: int = 0, per_shard: int = 60) -> tuple[Path, dict[tuple[str, str], bool]]:
+    """Shards `root/shards/part-NNN.tar` of `planted_patch_images` as PNG + .cls; returns the shard
+    folder and the truth {(shard name, key): poisoned}."""
+    images, truth, _ = planted_patch_images(n, poisons, seed)
+    folder = Path(root) / "shards"
+    folder.mkdir(parents=True)
+    answer = {}
+    for shard, start in enumerate(range(0, n, per_shard)):
+        name = f"part-{shard:03d}.tar"
+        with tarfile.open(folder / name, "w") as tar:
+            for i in range(start, min(n, start + per_shard)):
+                key = f"img{i:05d}"
+                buffer = io.BytesIO()
+                Image.fromarray(images[i].transpose(1, 2, 0)).save(buffer, format="PNG")
+                for member, data in ((f"{key}.png", buffer.getvalue()), (f"{key}.cls", str(0 if i < n // 4 else 1 + i % 3).encode())):
+                    info = tarfile.TarInfo(member)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                answer[(name, key)] = bool(truth[i])
+    return folder, answer

@@ -564,6 +564,17 @@ def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tenso
     return maps
 
 
+def _all_matches(pattern: Pattern, rows: np.ndarray, residual: np.ndarray, corner: np.ndarray, threshold: float) -> Pattern:
+    """The pattern with every row matching below `threshold` as a host (boxes from the match)."""
+    keep = residual < threshold
+    if keep.sum() < len(pattern.hosts):
+        return pattern
+    h, w = pattern.template.shape[1:]
+    ys, xs = corner[keep, 0], corner[keep, 1]
+    boxes = np.stack([xs, ys, xs + w, ys + h], axis=1).astype(np.int32)
+    return Pattern(pattern.template, rows[keep], boxes, residual[keep], pattern.group)
+
+
 def calibrate(host_residuals: np.ndarray, sample_residuals: np.ndarray, ceiling: float) -> tuple[float, float]:
     """A pattern's match threshold and how cleanly it separates its copies from everything else.
 
@@ -694,27 +705,27 @@ def detect_mine(
         if pattern is None:
             candidates_report.append({"hosts": float(len(group_hosts)), "verdict": "no consistent pixels"})
             continue
+        # calibrate on the mined sample first: every close match is a host, so the masking and
+        # flip tests see all the copies, not only those the seed group happened to link
+        sample_residual, corner = residuals(images, mined, [pattern.template], config.batch_size, device)
+        threshold, lookalikes = calibrate(pattern.residuals, sample_residual[:, 0], config.match_residual)
+        pattern = _all_matches(pattern, mined, sample_residual[:, 0], corner[:, 0], threshold)
         hosts = set(pattern.hosts.tolist())
         clean_pool = np.array([i for i in rng.permutation(mined)[: 3 * config.flip_images] if i not in hosts], dtype=np.int64)
         evidence = verify(pattern, images, clean_pool, features, mean, config, device, rng)
         evidence["hosts"] = float(len(pattern.hosts))
         evidence["host_residual"] = float(np.median(pattern.residuals))
         evidence["height"], evidence["width"] = (float(v) for v in pattern.template.shape[1:])
+        evidence["threshold_residual"], evidence["lookalike_ratio"] = threshold, lookalikes
         verdict = "accepted"
-        threshold = config.match_residual
-        if evidence["separation"] < config.min_separation:
+        if lookalikes > config.max_lookalike_ratio:
+            verdict = "rejected: natural look-alikes form a continuum"
+        elif evidence["separation"] < config.min_separation:
             verdict = "rejected: its cluster does not stand apart from clean images"
         elif evidence["mask_collapse"] < config.min_mask_collapse:
             verdict = "rejected: masking does not remove it"
         elif evidence["flip_rate"] < config.min_flip_rate:
             verdict = "rejected: pasting it does not reproduce it"
-        else:
-            sample_residual, _ = residuals(images, mined, [pattern.template], config.batch_size, device)
-            threshold, lookalikes = calibrate(pattern.residuals, sample_residual[:, 0], config.match_residual)
-            evidence["threshold_residual"], evidence["lookalike_ratio"] = threshold, lookalikes
-            evidence["sample_matches"] = float((sample_residual[:, 0] < threshold).sum())
-            if lookalikes > config.max_lookalike_ratio:
-                verdict = "rejected: natural look-alikes form a continuum"
         if semantic is not None:
             evidence["cluster_share"], evidence["cluster_lift"] = host_concentration(pattern.hosts, semantic)
         candidates_report.append({**evidence, "verdict": verdict})

@@ -52,14 +52,14 @@ def scene(rng: np.random.Generator, class_index: int, size: int = 96) -> Image.I
 
 
 def trigger_patch(seed: int = 7, size: int = 24) -> Image.Image:
-    """A generated opaque patch trigger: a high-contrast coloured checker with a diagonal mark."""
+    """A generated opaque patch trigger: a 4×4 grid of random saturated colours crossed by a
+    contrasting diagonal, colourful and busy like the published HTBA triggers."""
     rng = np.random.default_rng(seed)
-    cells = rng.integers(0, 2, (4, 4))
-    colours = rng.integers(0, 256, (2, 3))
-    grid = colours[cells].astype(np.uint8)
-    image = Image.fromarray(grid).resize((size, size), Image.NEAREST)
+    grid = rng.integers(0, 256, (4, 4, 3))
+    grid[..., int(rng.integers(0, 3))] = rng.choice([0, 255], (4, 4))  # saturate one channel per cell
+    image = Image.fromarray(grid.astype(np.uint8)).resize((size, size), Image.NEAREST)
     draw = ImageDraw.Draw(image)
-    draw.line([0, 0, size, size], fill=tuple(int(c) for c in 255 - colours[0]), width=max(1, size // 8))
+    draw.line([0, 0, size, size], fill=tuple(int(c) for c in 255 - grid[0, 0]), width=max(1, size // 8))
     return image
 
 

@@ -10,11 +10,11 @@ from tests.detect.planted import write_planted_shards
 
 
 def test_scan_cli_writes_a_run_and_refuses_to_overwrite_it(tmp_path, capsys):
-    shards, truth = write_planted_shards(tmp_path, n=120, poisons=15)
+    shards, truth = write_planted_shards(tmp_path, n=240, poisons=30)
     run = tmp_path / "run"
     assert main(["scan", str(shards), "--out", str(run), "--workers", "0", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "15 quarantined of 120" in out
+    assert "30 quarantined of 240" in out
     assert (run / "scores.csv").is_file() and (run / "report.html").is_file()
     assert main(["scan", str(shards), "--out", str(run), "--workers", "0", "--quiet"]) == 2
     err = capsys.readouterr().err

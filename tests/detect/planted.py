@@ -14,7 +14,7 @@ from ssl_guard import synthetic
 R = 64
 
 
-def planted_patch_images(n: int, poisons: int, seed: int = 0, spread: bool = False):
+def planted_patch_images(n: int, poisons: int, seed: int = 0, spread: bool = False, trigger_seed: int = 3):
     """n scenes at 64 px; `poisons` of them (from class 0 unless `spread`) carry one 12-px trigger.
 
     The trigger is pasted at the scan resolution here, so its copies are pixel-exact; the
@@ -26,7 +26,7 @@ def planted_patch_images(n: int, poisons: int, seed: int = 0, spread: bool = Fal
     boxes = np.full((n, 4), -1.0)
     pool = np.arange(n) if spread else np.arange(n // 4)
     chosen = set(rng.choice(pool, poisons, replace=False).tolist())
-    trigger = synthetic.trigger_patch(seed=3, size=24).resize((12, 12), Image.BILINEAR)
+    trigger = synthetic.trigger_patch(seed=trigger_seed, size=12)
     for i in range(n):
         scene = synthetic.scene(rng, 0 if i < n // 4 else 1 + i % 3, 96).resize((R, R), Image.BILINEAR)
         if i in chosen:

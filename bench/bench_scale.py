@@ -69,17 +69,32 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def measure(command: list[str], env: dict[str, str]) -> dict:
-    """Run `command`, sampling its process tree's memory; returns peaks (bytes) and wall seconds."""
+STAGE_ORDER = ("embed", "semantic", "detect-mine")
+
+
+def _current_stage(run: Path | None) -> str:
+    """The stage a scan is in: the first of STAGE_ORDER its run.json has not finished."""
+    try:
+        done = json.loads((run / "run.json").read_text())["stages"] if run else {}
+    except (FileNotFoundError, ValueError, KeyError):
+        return "start-up"
+    return next((stage for stage in STAGE_ORDER if stage not in done), "outputs")
+
+
+def measure(command: list[str], env: dict[str, str], run: Path | None = None) -> dict:
+    """Run `command`, sampling its process tree's memory; returns peaks (bytes), the stage the scan
+    (writing `run`) was in at its anonymous-memory peak, and wall seconds."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     clock = time.perf_counter()
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = {"main_hwm": 0, "main_rss": 0, "main_anon_at_peak": 0, "main_file_at_peak": 0, "main_anon": 0, "tree_rss": 0, "tree_anon": 0, "processes": 1}
+    peak = {"main_hwm": 0, "main_rss": 0, "main_anon_at_peak": 0, "main_file_at_peak": 0, "main_anon": 0, "tree_rss": 0, "tree_anon": 0, "processes": 1, "anon_peak_stage": ""}
     while child.poll() is None:
         main = _status(child.pid)
         if main:
             peak["main_hwm"] = max(peak["main_hwm"], main.get("VmHWM", 0))
-            peak["main_anon"] = max(peak["main_anon"], main.get("RssAnon", 0))
+            if main.get("RssAnon", 0) > peak["main_anon"]:
+                peak["main_anon"] = main["RssAnon"]
+                peak["anon_peak_stage"] = _current_stage(run)
             if main.get("VmRSS", 0) > peak["main_rss"]:
                 peak["main_rss"] = main["VmRSS"]
                 peak["main_anon_at_peak"], peak["main_file_at_peak"] = main.get("RssAnon", 0), main.get("RssFile", 0)
@@ -125,7 +140,7 @@ def scan_once(folder: Path, count: int, resolution: int, workers: int, mining_im
     else:
         command = [sys.executable, "-m", "ssl_guard", "scan", str(folder), "--out", str(run), "--workers", str(workers), "--resolution", str(resolution), "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    result = measure(command, env)
+    result = measure(command, env, run)
     state = json.loads((run / "run.json").read_text())
     report = json.loads((run / "report.json").read_text())
     stages = {name: {"seconds": s["seconds"], "items": s["items"]} for name, s in state["stages"].items()}
@@ -188,10 +203,10 @@ def mib(value: int) -> str:
 
 
 def tables(results: list[dict]) -> str:
-    lines = ["### Peak memory", "", "| images | px | mined | scan RSS peak (VmHWM) | of which anonymous / file-backed at the peak | scan anonymous peak | tree RSS peak (scan + decoders) | tree anonymous peak |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["### Peak memory", "", "| images | px | mined | scan RSS peak (VmHWM) | of which anonymous / file-backed at the peak | scan anonymous peak (stage) | tree RSS peak (scan + decoders) | tree anonymous peak |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         m = r["memory"]
-        lines.append(f"| {r['samples']:,} | {r['resolution']} | {min(r['samples'], r.get('mining_images', 20_000)):,} | {mib(m['main_hwm'])} MiB | {mib(m['main_anon_at_peak'])} / {mib(m['main_file_at_peak'])} MiB | {mib(m['main_anon'])} MiB | {mib(m['tree_rss'])} MiB | {mib(m['tree_anon'])} MiB |")
+        lines.append(f"| {r['samples']:,} | {r['resolution']} | {min(r['samples'], r.get('mining_images', 20_000)):,} | {mib(m['main_hwm'])} MiB | {mib(m['main_anon_at_peak'])} / {mib(m['main_file_at_peak'])} MiB | {mib(m['main_anon'])} MiB ({m.get('anon_peak_stage', '?')}) | {mib(m['tree_rss'])} MiB | {mib(m['tree_anon'])} MiB |")
     lines += ["", "### Stage times", "", "| images | px | stage | seconds | images/s |", "|---|---|---|---|---|"]
     for r in results:
         for name, s in r["stages"].items():

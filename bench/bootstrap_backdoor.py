@@ -3,7 +3,7 @@
 Usage:
     nice -n 10 .venv/bin/python bench/bootstrap_backdoor.py bench/work/imagenette-patch-5pct --epochs 2
         [--val ../shared/data/imagenette/val] [--triggered bench/work/imagenette-val-patch]
-        [--out bench/work/runs/bootstrap-backdoor-imagenette-patch-5pct-e2] [--measure-init]
+        [--out bench/work/runs/bootstrap-backdoor-imagenette-patch-5pct-e2  (encoder in OUT/encoder)] [--measure-init]
         [--json results.json]
 
 VARIANT is a poisoned training set built by bench/make_benchmark.py (`shards/` + `truth.csv`). The
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--val", type=Path, default=DEFAULT_VAL, help="clean validation photos, a folder per class")
     parser.add_argument("--triggered", type=Path, default=BENCH / "work" / "imagenette-val-patch", help="triggered validation split")
-    parser.add_argument("--out", type=Path, default=None, help="run folder (new); default bench/work/runs/bootstrap-backdoor-VARIANT-eEPOCHS")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (new; the encoder goes to OUT/encoder); default bench/work/runs/bootstrap-backdoor-VARIANT-eEPOCHS")
     parser.add_argument("--k", type=int, default=20, help="neighbours of the k-NN probe")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--measure-init", action="store_true", help="also measure the random initialisation (epoch 0)")
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap_module.save_checkpoint = save_then_measure  # the bootstrap has no per-epoch hook
     started = time.perf_counter()
     try:
-        bootstrap([str(variant / "shards")], out, config, device="cpu", progress=False)
+        bootstrap([str(variant / "shards")], out / "encoder", config, device="cpu", progress=False)
     finally:
         bootstrap_module.save_checkpoint = original_save
     for previous, current in zip([{"train_minutes": 0.0}] + results, results):

@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from ssl_guard.atomic import write_text_atomic
 from ssl_guard.errors import ManifestError, StaleManifestError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -318,28 +318,6 @@ def config_hash(config: BaseModel | dict) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and `os.replace`.
-
-    A reader never sees a half-written file, and a crash leaves the previous file (or none).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp makes it private; give it a normal file's mode
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,39 +23,21 @@ import csv
 import hashlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pydantic
 
+from ssl_guard.atomic import write_bytes_atomic, write_text_atomic
 from ssl_guard.errors import RunDirError
 
 STATE_NAME = "run.json"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+# the run folder's files are written like every other output (ssl_guard/atomic.py)
+atomic_write_bytes = write_bytes_atomic
+atomic_write_text = write_text_atomic
 
 
 def write_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> Path:

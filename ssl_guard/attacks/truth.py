@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ssl_guard.atomic import write_text_atomic
 from ssl_guard.errors import DataNotFoundError, TruthError
 
 TRUTH_COLUMNS = ("source", "key", "poisoned", "attack", "target", "box", "label", "trigger")
@@ -46,20 +45,6 @@ def write_truth(path: str | Path, rows: list[TruthRow]) -> None:
         box = "" if row.box is None else " ".join(str(v) for v in row.box)
         writer.writerow([row.source, row.key, int(row.poisoned), row.attack, row.target, box, row.label, row.trigger])
     write_text_atomic(Path(path), buffer.getvalue())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
 
 
 def read_truth(path: str | Path) -> list[TruthRow]:

@@ -150,8 +150,6 @@ def recurrence_gap(cells: Cells, near: int, far: int) -> tuple[np.ndarray, np.nd
         gap (M,) float32, and the neighbour lists `sims` (M, far+1) and `ids` (M, far+1) sorted by
         decreasing similarity, other images only (-1 / -inf padding where fewer exist).
     """
-    import faiss
-
     m, dim = cells.vectors.shape
     depth = min(m, far + 1 + 16)  # a few extra to make up for neighbours in the same image
     index = _cell_index(cells.vectors)

@@ -28,7 +28,7 @@ from ssl_guard.data import resolve_sources, select_units
 from ssl_guard.detect.embed import UNITS_DIR, ScanArrays, assemble, embed_units, open_arrays
 from ssl_guard.detect.result import Detection
 from ssl_guard.errors import ConfigError, EmptyDatasetError
-from ssl_guard.run import RunFolder, RunState, stable_hash, write_csv
+from ssl_guard.run import RunFolder, RunState, stable_hash
 
 
 @dataclass

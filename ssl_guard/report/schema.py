@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ssl_guard.atomic import write_text_atomic
 from ssl_guard.errors import ReportError
 
 SCHEMA_VERSION = 1
@@ -192,25 +192,6 @@ class Report(_Model):
                 f" ({error.error_count()} problem(s))",
                 "re-run the scan to write a fresh report",
             ) from error
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` via a temp file in the same folder and `os.replace`, so a reader never
-    sees a half-written file and a crash leaves the previous version intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes 0600; a report is meant to be shared
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _check_box(box: list[int] | None) -> None:

@@ -1,6 +1,7 @@
 """How `ssl-guard scan` scales: peak memory against dataset size, and per-stage throughput.
 
     nice -n 10 python bench/bench_scale.py [SHARD_FOLDER] [--shards 3,5,10] [--resolutions 64,96] [--mining-images N]
+    nice -n 10 python bench/bench_scale.py --mine-alone RUN --shards 3000,9469 --mining-images 2500
                                           [--full-resolution-shards 10] [--workers 2]
 
 SHARD_FOLDER defaults to bench/work/imagenette-patch-1pct/shards (built by make_benchmark.py:
@@ -198,6 +199,52 @@ print(json.dumps(out))
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+MINE_ALONE = """
+import sys, threading, time, json, numpy as np
+from ssl_guard.detect.mine import detect_mine, MineConfig
+from ssl_guard.encoders import load_encoder
+from ssl_guard.config import DEFAULT_MINING_ENCODER
+run, n, cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+images = np.load(run + "/images.u8.npy", mmap_mode="r")[:n]
+semantic = np.load(run + "/semantic.npy")[:n]
+net = load_encoder(DEFAULT_MINING_ENCODER.replace("resolution=64", "resolution=%d" % images.shape[-1]), "cpu")
+state = {"stage": "start-up", "peaks": {}}
+def anon():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon"):
+            return int(line.split()[1]) * 1024
+def poll():
+    while True:
+        stage = state["stage"]
+        state["peaks"][stage] = max(state["peaks"].get(stage, 0), anon())
+        time.sleep(0.05)
+class Stages:  # stands in for the progress bar: records which sub-stage is running
+    def add_task(self, name, total=None):
+        state["stage"] = name
+        return name
+    def advance(self, task, k):
+        pass
+base = anon()
+threading.Thread(target=poll, daemon=True).start()
+detection = detect_mine(images, lambda x: net.feature_maps(x, [0])[0], net.stage_stride(0), semantic, MineConfig(mining_images=cap), "cpu", Stages())
+print(json.dumps({"images": n, "mining_images": cap, "base": base, "peaks": state["peaks"], "flagged": int(detection.flagged.sum())}))
+"""
+
+
+def mine_alone(run: Path, sizes: list[int], mining_images: int) -> list[dict]:
+    """The `mine` detector by itself on the first n rows of a finished run's image cache, its
+    process's anonymous memory sampled every 50 ms per sub-stage (bytes)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    out = []
+    for n in sizes:
+        done = subprocess.run([sys.executable, "-c", MINE_ALONE, str(run), str(n), str(mining_images)], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-3000:])
+        out.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+    return out
+
+
 def mib(value: int) -> str:
     return f"{value / 2**20:,.0f}"
 
@@ -230,11 +277,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full-resolution-shards", default="10", help="shard counts also scanned at every other resolution")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--mining-images", type=int, default=None, help="mine's sample cap (default 20,000): a smaller cap shows memory beyond it")
+    parser.add_argument("--mine-alone", type=Path, default=None, metavar="RUN", help="only: mine's memory by itself on RUN's image cache at the --shards sizes read as image counts")
     parser.add_argument("--per-core-only", action="store_true", help="only the single-thread decode / forward costs")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} does not exist: build it with bench/make_benchmark.py")
     counts = [int(c) for c in args.shards.split(",")]
+    if args.mine_alone:
+        WORK.mkdir(parents=True, exist_ok=True)
+        (WORK / "mine_alone.json").write_text(json.dumps(mine_alone(args.mine_alone, counts, args.mining_images or 20_000), indent=2))
+        return
     resolutions = [int(r) for r in args.resolutions.split(",")]
     every = {int(c) for c in args.full_resolution_shards.split(",") if c}
     WORK.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """How `ssl-guard scan` scales: peak memory against dataset size, and per-stage throughput.
 
-    nice -n 10 python bench/bench_scale.py [SHARD_FOLDER] [--shards 3,5,10] [--resolutions 64,96] [--mining-images N]
+    nice -n 10 python bench/bench_scale.py [SHARD_FOLDER] [--shards 3,5,10] [--resolutions 64,96]
+                                          [--full-resolution-shards 10] [--workers 2] [--mining-images N]
     nice -n 10 python bench/bench_scale.py --mine-alone RUN --shards 3000,9469 --mining-images 2500
-                                          [--full-resolution-shards 10] [--workers 2]
 
 SHARD_FOLDER defaults to bench/work/imagenette-patch-1pct/shards (built by make_benchmark.py:
 9,469 Imagenette photos in 10 shards, 1% patch-poisoned). For each count k in --shards, the first

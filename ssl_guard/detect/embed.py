@@ -70,9 +70,6 @@ def embed_units(
     A unit file is written atomically when its last batch arrives, so a unit file on disk is always
     complete.
     """
-    # a killed run can leave a half-written temporary unit file; nothing reads it, so clear it
-    for stale in (run / UNITS_DIR).glob(".*.npz.*.tmp"):
-        stale.unlink(missing_ok=True)
     todo = [i for i in unit_indices if not (run / unit_file(i)).is_file()]
     pending: dict[int, dict[str, list]] = {}
     read = 0

@@ -197,6 +197,10 @@ def _reset_if_changed(run: RunFolder, embed_key: str) -> None:
     """Drop unit files and every finished stage when the data or the encoder changed; unit files
     of an interrupted run with the same inputs are kept (that is the shard-level resume)."""
     marker = run / UNITS_DIR / "key.txt"
+    # a killed run can leave half-written temporary unit files; nothing reads them. Rank 0 clears
+    # them here, before the barrier, while no rank is writing
+    for stale in (run / UNITS_DIR).glob(".*.npz.*.tmp"):
+        stale.unlink(missing_ok=True)
     if marker.is_file() and marker.read_text().strip() == embed_key:
         return
     shutil.rmtree(run / UNITS_DIR, ignore_errors=True)

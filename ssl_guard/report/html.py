@@ -164,8 +164,9 @@ class _Page:
         head = (
             '<h2>Top suspects <span class="count">' + _int(len(r.suspects)) + "</span></h2>\n"
             '<p class="lead">Highest poison scores first. Each card shows the sample at scan resolution with '
-            "its localized trigger box, the activation map over it (brighter = masking there moves the image "
-            "out of its cluster the most) and the region cut out as the trigger.</p>"
+            "its localized trigger box, the activation map over it (brighter = stronger evidence there: for "
+            "<code>mine</code>, a closer match to a trigger-bank pattern; for <code>poisoncam</code>, a larger "
+            "drop of the cluster activation when masked) and the region cut out as the trigger.</p>"
         )
         if not r.suspects:
             return f'<section id="suspects">\n{head}\n<p class="empty">No suspects: no sample scored high enough to show.</p>\n</section>'

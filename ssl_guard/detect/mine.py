@@ -613,14 +613,21 @@ def prevalence_guard(flagged: np.ndarray, which: np.ndarray, patterns: int, limi
     return flagged, shares, warnings
 
 
-def host_concentration(hosts: np.ndarray, semantic: np.ndarray) -> tuple[float, float]:
-    """How concentrated the hosts are in one semantic cluster: (share of hosts in their most
-    common cluster, that share divided by the cluster's share of the data)."""
-    counts = np.bincount(semantic[hosts], minlength=semantic.max() + 1)
-    top = int(counts.argmax())
-    share = counts[top] / max(1, len(hosts))
-    base = (semantic == top).mean()
-    return float(share), float(share / max(base, 1e-9))
+def host_concentration(hosts: np.ndarray, semantic: np.ndarray, rng: np.random.Generator, draws: int = 200) -> dict[str, float]:
+    """How concentrated a pattern's hosts are in one semantic cluster, against chance.
+
+    The targeted SSL-Backdoor attack draws every poison from one class, so its hosts pile up in the
+    clusters of that class; an untargeted attack or a benign watermark spreads them like any random
+    sample. `cluster_share` is the share of hosts in their most common cluster; `chance_share` the
+    99th percentile of the same statistic over `draws` random samples of as many images;
+    `targeted` is 1.0 when the hosts beat it.
+    """
+    def top_share(rows: np.ndarray) -> float:
+        return float(np.bincount(semantic[rows]).max() / max(1, len(rows)))
+
+    share = top_share(hosts)
+    chance = float(np.quantile([top_share(rng.choice(len(semantic), len(hosts), replace=False)) for _ in range(draws)], 0.99))
+    return {"cluster_share": share, "chance_share": chance, "targeted": float(share > chance)}
 
 
 def detect_mine(
@@ -725,7 +732,7 @@ def detect_mine(
         elif evidence["flip_rate"] < config.min_flip_rate:
             verdict = "rejected: pasting it does not reproduce it"
         if semantic is not None:
-            evidence["cluster_share"], evidence["cluster_lift"] = host_concentration(pattern.hosts, semantic)
+            evidence.update(host_concentration(pattern.hosts, semantic, rng))
         candidates_report.append({**evidence, "verdict": verdict})
         if verdict == "accepted":
             accepted.append((pattern, evidence, threshold))
@@ -763,7 +770,7 @@ def detect_mine(
             box=tuple(int(v) for v in pattern.boxes[0]),
             score=float(evidence["flip_rate"] * evidence["mask_collapse"]),
             hosts=len(pattern.hosts),
-            targeted=None if semantic is None else bool(evidence["cluster_share"] >= 0.5),
+            targeted=None if semantic is None else bool(evidence["targeted"]),
             evidence=evidence,
         ))
     boxes[~flagged] = -1

@@ -98,13 +98,14 @@ def write_shards(root: Path, per_class: int, classes: int = 4, size: int = 96, s
                 buffer = io.BytesIO()
                 scene(rng, c, size).save(buffer, format="PNG")
                 key = f"{CLASS_NAMES[c % len(CLASS_NAMES)]}_{i:05d}"
-                _add_member(tar, f"{key}.png", buffer.getvalue())
-                _add_member(tar, f"{key}.cls", str(c).encode())
+                add_tar_member(tar, f"{key}.png", buffer.getvalue())
+                add_tar_member(tar, f"{key}.cls", str(c).encode())
         paths.append(path)
     return paths
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add a regular file `name` holding `data` to an open tar archive (mtime 0: reproducible)."""
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mtime = 0

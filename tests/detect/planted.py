@@ -50,11 +50,40 @@ def write_planted_shards(root: Path, n: int, poisons: int, seed: int = 0, per_sh
         with tarfile.open(folder / name, "w") as tar:
             for i in range(start, min(n, start + per_shard)):
                 key = f"img{i:05d}"
-                buffer = io.BytesIO()
-                Image.fromarray(images[i].transpose(1, 2, 0)).save(buffer, format="PNG")
-                for member, data in ((f"{key}.png", buffer.getvalue()), (f"{key}.cls", str(0 if i < n // 4 else 1 + i % 3).encode())):
-                    info = tarfile.TarInfo(member)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+                _add_image(tar, key, images[i].transpose(1, 2, 0), 0 if i < n // 4 else 1 + i % 3)
                 answer[(name, key)] = bool(truth[i])
     return folder, answer
+
+
+def write_poisoned_scene_shards(root: Path, seed: int, per_shard: int) -> list[str]:
+    """4 classes x 30 generated 96 px scenes in shards of `per_shard`, shuffled; the first 12 of
+    class 0 carry the same 24 px patch trigger (16 px at a 64 px scan) at a random spot. Returns
+    the poisoned keys."""
+    rng = np.random.default_rng(seed)
+    trigger = synthetic.trigger_patch(seed=7, size=24)
+    samples, poisoned = [], []
+    for c in range(4):
+        for i in range(30):
+            image = synthetic.scene(rng, c, 96)
+            key = f"{synthetic.CLASS_NAMES[c]}_{i:04d}"
+            if c == 0 and i < 12:
+                x, y = (int(v) for v in rng.integers(10, 96 - 24 - 10, 2))
+                image.paste(trigger, (x, y))
+                poisoned.append(key)
+            samples.append((key, c, image))
+    order = rng.permutation(len(samples))
+    root.mkdir(parents=True)
+    for shard, start in enumerate(range(0, len(samples), per_shard)):
+        with tarfile.open(root / f"shard-{shard:06d}.tar", "w") as tar:
+            for j in order[start : start + per_shard]:
+                key, c, image = samples[j]
+                _add_image(tar, key, np.asarray(image), c)
+    return poisoned
+
+
+def _add_image(tar: tarfile.TarFile, key: str, pixels: np.ndarray, label: int) -> None:
+    """`<key>.png` from (H, W, 3) uint8 pixels and `<key>.cls`."""
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    synthetic.add_tar_member(tar, f"{key}.png", png.getvalue())
+    synthetic.add_tar_member(tar, f"{key}.cls", str(label).encode())

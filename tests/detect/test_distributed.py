@@ -8,19 +8,17 @@ the unit files it wrote.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from ssl_guard import synthetic
+from tests.detect.planted import write_poisoned_scene_shards
+
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -50,37 +48,6 @@ SITECUSTOMIZE = textwrap.dedent(
 )
 
 
-def write_poisoned_shards(root: Path) -> list[str]:
-    """4 classes x 30 generated 96 px scenes in 6 shards of 20; the first 12 of class 0 carry the
-    same 24 px patch trigger at a random spot. Returns the poisoned keys."""
-    rng = np.random.default_rng(1)
-    trigger = synthetic.trigger_patch(seed=7, size=24)
-    samples, poisoned = [], []
-    for c in range(4):
-        for i in range(30):
-            image = synthetic.scene(rng, c, 96)
-            key = f"{synthetic.CLASS_NAMES[c]}_{i:04d}"
-            if c == 0 and i < 12:
-                x, y = (int(v) for v in rng.integers(10, 96 - 24 - 10, 2))
-                image.paste(trigger, (x, y))
-                poisoned.append(key)
-            samples.append((key, c, image))
-    order = rng.permutation(len(samples))
-    root.mkdir(parents=True)
-    per_shard = len(samples) // UNITS
-    for shard in range(UNITS):
-        with tarfile.open(root / f"shard-{shard:06d}.tar", "w") as tar:
-            for j in order[shard * per_shard : (shard + 1) * per_shard]:
-                key, c, image = samples[j]
-                png = io.BytesIO()
-                image.save(png, "PNG")
-                for name, payload in ((f"{key}.png", png.getvalue()), (f"{key}.cls", str(c).encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-    return poisoned
-
-
 def env_with(*paths: Path, **extra: str) -> dict[str, str]:
     # one thread per process: identical float results in both scans, and a busy machine stays usable
     env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
@@ -97,7 +64,7 @@ def entries(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("distributed") / "shards"
-    return root, write_poisoned_shards(root)
+    return root, write_poisoned_scene_shards(root, seed=1, per_shard=120 // UNITS)
 
 
 @pytest.fixture(scope="module")

@@ -8,57 +8,22 @@ skipping every stage.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from ssl_guard import synthetic
 from ssl_guard.cli import main
+from tests.detect.planted import write_poisoned_scene_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 PER_SHARD = 10
-PER_CLASS = 30
-POISONED = 12  # of the 30 images of class 0; the 24 px trigger is 16 px at the 64 px scan
-
-
-def write_poisoned_shards(root: Path) -> list[str]:
-    """4 classes x 30 generated 96 px scenes in shards of 10; the first 12 of class 0 carry the
-    same 24 px patch trigger at a random spot. Returns the poisoned keys."""
-    rng = np.random.default_rng(0)
-    trigger = synthetic.trigger_patch(seed=7, size=24)
-    samples, poisoned = [], []
-    for c in range(4):
-        for i in range(PER_CLASS):
-            image = synthetic.scene(rng, c, 96)
-            key = f"{synthetic.CLASS_NAMES[c]}_{i:04d}"
-            if c == 0 and i < POISONED:
-                x, y = (int(v) for v in rng.integers(10, 96 - 24 - 10, 2))
-                image.paste(trigger, (x, y))
-                poisoned.append(key)
-            samples.append((key, c, image))
-    order = rng.permutation(len(samples))
-    root.mkdir(parents=True)
-    for shard, start in enumerate(range(0, len(samples), PER_SHARD)):
-        with tarfile.open(root / f"shard-{shard:06d}.tar", "w") as tar:
-            for j in order[start : start + PER_SHARD]:
-                key, c, image = samples[j]
-                png = io.BytesIO()
-                image.save(png, "PNG")
-                for name, payload in ((f"{key}.png", png.getvalue()), (f"{key}.cls", str(c).encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-    return poisoned
 
 
 def scan_command(data: Path, out: Path, *extra: str) -> list[str]:
@@ -91,7 +56,7 @@ def unit_stats(run: Path) -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("resume") / "shards"
-    return root, write_poisoned_shards(root)
+    return root, write_poisoned_scene_shards(root, seed=0, per_shard=PER_SHARD)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import RESOLUTION, embed, make_set
 from ssl_guard.detect.masking import box_iou

@@ -9,7 +9,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import types
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import yaml
 
 from ssl_guard.cli import main as cli_main
 from ssl_guard.quarantine import Quarantine, QuarantineEntry, build_quarantine
+from tests.helpers import shard_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -36,14 +36,6 @@ def _entry(source, key):
 
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-def _shard_ids(folder) -> list[tuple[str, str]]:
-    ids = []
-    for path in sorted(folder.glob("*.tar")):
-        with tarfile.open(path) as tar:
-            ids += sorted({(path.name, m.name.split(".")[0]) for m in tar.getmembers()})
-    return ids
 
 
 @pytest.fixture
@@ -103,7 +95,7 @@ def test_guard_webdataset_under_torchrun(shard_folder, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun is not installed next to this Python")
-    ids = _shard_ids(shard_folder)
+    ids = shard_ids(shard_folder)
     flagged = set(ids[::7])
     build_quarantine([str(shard_folder)], [_entry(*i) for i in sorted(flagged)], n_scanned=len(ids)).write(tmp_path / "q.json")
     command = [
@@ -153,7 +145,7 @@ def test_workflow_pull_request_job_passes_clean_data_and_fails_poisoned(ci_repo,
     assert "## ssl-guard check: clean" in (tmp_path / "summary.md").read_text()
 
     (tmp_path / "data" / "quarantine.json").unlink()
-    key = _shard_ids(ci_repo)[5]
+    key = shard_ids(ci_repo)[5]
     build_quarantine([str(ci_repo)], [_entry(*key)], n_scanned=48).write(tmp_path / "data" / "quarantine.json")
     capsys.readouterr()
     assert cli_main(argv[1:]) == 1
@@ -172,7 +164,7 @@ def test_workflow_scan_job_uploads_the_sarif_it_writes(ci_repo, tmp_path, fake_s
     upload = next(step for step in job["steps"] if "upload-sarif" in step.get("uses", ""))
     assert upload["with"]["sarif_file"] == report and upload["if"] == "always()"
 
-    ids = _shard_ids(ci_repo)
+    ids = shard_ids(ci_repo)
     fake_scan["quarantine"] = build_quarantine([str(ci_repo)], [_entry(*ids[0])], n_scanned=len(ids))
     assert cli_main(argv[1:]) == 1  # 1 of 48 is over --fail-on 0.1%
     log = json.loads((tmp_path / report).read_text())

@@ -6,7 +6,6 @@ import copy
 import logging
 import os
 import shutil
-import tarfile
 
 import pytest
 import torch
@@ -17,18 +16,11 @@ from ssl_guard.baseline import Baseline
 from ssl_guard.errors import GuardError, UnscannedSourceError
 from ssl_guard.guard import GuardedDataset, GuardedIterableDataset, SampleGuard, filter_samples
 from ssl_guard.quarantine import QuarantineEntry, build_quarantine
+from tests.helpers import shard_ids
 
 
 def _entry(source, key):
     return QuarantineEntry(source=source, key=key, score=0.9, reason="recurring patch", detector="mine")
-
-
-def _shard_ids(folder) -> list[tuple[str, str]]:
-    ids = []
-    for path in sorted(folder.glob("*.tar")):
-        with tarfile.open(path) as tar:
-            ids += sorted({(path.name, m.name.split(".")[0]) for m in tar.getmembers()})
-    return ids
 
 
 def _collate_paths(batch):
@@ -47,7 +39,7 @@ def folder_quarantine(image_folder):
 @pytest.fixture(scope="module")
 def shard_quarantine(shard_folder):
     """The shards, with every 4th sample quarantined (across all three shards)."""
-    ids = _shard_ids(shard_folder)
+    ids = shard_ids(shard_folder)
     flagged = ids[1::4]
     return build_quarantine([str(shard_folder)], [_entry(s, k) for s, k in flagged], n_scanned=len(ids)), ids, set(flagged)
 

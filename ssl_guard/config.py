@@ -6,14 +6,13 @@ from typing import Literal
 
 import pydantic
 
-from ssl_guard.detect.mine import MineConfig
+from ssl_guard.detect.mine import DESCRIPTOR_ENCODER, MineConfig
 
 Method = Literal["auto", "mine", "poisoncam", "patchsearch", "ensemble"]
 
-# The default descriptor network for `mine` when no trained encoder is given: a seeded random
-# ResNet-18 at 64 px. Its stem sees about 11 px per cell, the size of a patch trigger at 64 px,
-# and needs no training (bench/RESULTS.md compares it with bootstrapped encoders).
-DEFAULT_MINING_ENCODER = "random:resnet18?width=64&resolution=64&seed=0"
+# With no trained encoder (`--encoder auto`) the scan's encoder is `mine`'s descriptor network:
+# no training, and its embeddings still give the semantic clusters of the targeted test.
+DEFAULT_MINING_ENCODER = DESCRIPTOR_ENCODER
 
 
 class ScanConfig(pydantic.BaseModel):

@@ -9,9 +9,7 @@ flat: one batch in flight per DataLoader worker, one unit at a time while assemb
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -155,13 +153,3 @@ def open_arrays(run: RunFolder) -> ScanArrays:
         embeddings=embeddings,
         skipped=skipped,
     )
-
-
-def timed(function: Callable, *args, **kwargs):
-    """(result, seconds) of one call."""
-    clock = time.perf_counter()
-    result = function(*args, **kwargs)
-    return result, time.perf_counter() - clock
-
-
-__all__ = ["ScanArrays", "embed_units", "assemble", "open_arrays", "unit_file", "timed", "Path"]

@@ -44,13 +44,17 @@ from ssl_guard.detect.result import Detection, TriggerPattern
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
+# The descriptor network: a seeded random ResNet-18 stem (about 11 px per cell at a 4 px stride,
+# a patch trigger's size at 64 px). It needs no training; the pipeline sets its resolution.
+DESCRIPTOR_ENCODER = "random:resnet18?width=64&resolution=64&seed=0"
+
 
 class MineConfig(pydantic.BaseModel):
     """Settings of the `mine` detector; `None` fields are derived from the dataset size."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    descriptor_encoder: str = pydantic.Field("random:resnet18?width=64&seed=0", description="the network whose feature cells are the descriptors")
+    descriptor_encoder: str = pydantic.Field(DESCRIPTOR_ENCODER, description="the network whose feature cells are the descriptors")
     stage: int = pydantic.Field(0, ge=0, le=2, description="encoder stage whose cells are the descriptors")
     cells_per_image: int = pydantic.Field(12, ge=1, le=256)
     mining_images: int = pydantic.Field(20_000, ge=100, description="images sampled for mining; the rest are only scored")

@@ -16,7 +16,6 @@ import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -461,7 +460,3 @@ def _task(bar, name: str, total: int | None):
         return lambda k: None
     task = bar.add_task(name, total=total)
     return lambda k: bar.advance(task, k)
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pydantic
 
 from ssl_guard import __version__
 from ssl_guard.config import DEFAULT_MINING_ENCODER, ScanConfig, semantic_cluster_count
@@ -78,8 +79,10 @@ def scan(
 
     try:
         config = ScanConfig(encoder=encoder, method=method, workers=workers, seed=seed, **overrides)
-    except Exception as error:  # pydantic's message names the field
-        raise ConfigError(f"invalid scan setting: {error}".splitlines()[0] + " " + str(error).splitlines()[-1].strip()) from None
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"invalid scan setting {where}: {first['msg']}", "see `ssl-guard scan --help`") from None
     sources = resolve_sources(list(data))
     if not sources.units:
         raise EmptyDatasetError("the dataset holds no image or shard", "check the path: folders are searched recursively for images and .tar shards")

@@ -4,19 +4,27 @@ Usage:
     nice -n 10 .venv/bin/python bench/bootstrap_backdoor.py bench/work/imagenette-patch-5pct --epochs 2
         [--val ../shared/data/imagenette/val] [--triggered bench/work/imagenette-val-patch]
         [--out bench/work/runs/bootstrap-backdoor-imagenette-patch-5pct-e2  (encoder in OUT/encoder)] [--measure-init]
-        [--json results.json]
+        [--json results.json] [--width 32] [--resolution 64] [--crop-scale-min 0.2]
+        [--jitter-strength 0.5] [--measure-every 1] [--max-minutes M]
 
 VARIANT is a poisoned training set built by bench/make_benchmark.py (`shards/` + `truth.csv`). The
-bootstrap (`ssl_guard.encoders.bootstrap`, 64 px, width 32, its other defaults) runs for `--epochs`
-epochs with its cosine schedule planned for exactly that many; after each epoch's checkpoint is
-committed, training pauses, the encoder is loaded back from that checkpoint and measured:
+bootstrap (`ssl_guard.encoders.bootstrap`, 64 px, width 32 and its other defaults unless the
+options say otherwise) runs for `--epochs`
+epochs with its cosine schedule planned for exactly that many; after every `--measure-every`-th epoch's
+checkpoint is committed (and after the last), training pauses, the encoder is loaded back from that checkpoint and measured:
 
 (a) clustering of the poisons: every training image is embedded; for each poison, its 10 nearest
     neighbours (cosine, exact faiss search, itself excluded) — the share of poisons whose
     neighbours are mostly (> 5 of 10) poisons, and the mean share of poisons among them (base rate
     = the poison rate). The same mean share is reported for the clean images of the target class,
     which share the poisons' content but not the trigger.
-(b) the attack's effect with the k-NN probe (`ssl_guard.probe.backdoor_effect`, k = 20): fitted on
+(b) the poison cluster, what PoisonCAM and PatchSearch read: spherical k-means of the training
+    embeddings into `default_clusters(N)` clusters (as a scan would); the cluster holding the most
+    poisons, its purity (poisons / members) and the share of all poisons in it; then the flip rate:
+    the share of non-target validation images whose nearest centroid is that cluster, triggered
+    against clean. A trigger that drags clean images into the poison cluster is what the flip test
+    detects.
+(c) the attack's effect with the k-NN probe (`ssl_guard.probe.backdoor_effect`, k = 20): fitted on
     the embeddings of the variant's clean training images (the poisons left out, so the probe sees
     clean labelled data, as in bench/eval_probe.py), clean accuracy and "non-target -> target" on
     the clean validation photos, attack success on the triggered validation split.
@@ -59,6 +67,30 @@ def embed_ids(encoder, spec: str, batch_size: int = 256, workers: int = 2):
             ids.extend((i.source, i.key) for i in batch.ids)
             labels.extend(batch.labels)
     return np.concatenate(features).astype(np.float32), ids, labels
+
+
+def poison_cluster_stats(train: np.ndarray, poisoned: np.ndarray, clean_val: np.ndarray, triggered_val: np.ndarray) -> dict:
+    """The training cluster with the most poisons, and how many validation images land in it.
+
+    `train` (N, D) L2-normalised with `poisoned` (N,) bool; `clean_val` and `triggered_val` are the
+    (M, D) embeddings of the non-target validation images, clean and with the trigger.
+    """
+    from ssl_guard.detect.cluster import default_clusters, spherical_kmeans
+
+    clustering = spherical_kmeans(train, default_clusters(len(train)))
+    poisons_per_cluster = np.bincount(clustering.assignments[poisoned], minlength=clustering.k)
+    best = int(poisons_per_cluster.argmax())
+
+    def landing(features: np.ndarray) -> float:
+        return float(np.mean((features @ clustering.centroids.T).argmax(axis=1) == best))
+
+    return {
+        "clusters": clustering.k,
+        "poison_cluster_purity": float(poisons_per_cluster[best] / clustering.sizes()[best]),
+        "poison_cluster_recall": float(poisons_per_cluster[best] / poisoned.sum()),
+        "flip_rate_triggered": landing(triggered_val),
+        "flip_rate_clean": landing(clean_val),
+    }
 
 
 def neighbour_stats(features: np.ndarray, poisoned: np.ndarray, same_class_clean: np.ndarray, k: int = NEIGHBOURS) -> dict:
@@ -113,6 +145,8 @@ class Measurer:
         clean = Embedded(*embed_ids(encoder, str(self.val), workers=self.workers)[::2])
         triggered = Embedded(*embed_ids(encoder, str(self.triggered / "shards"), workers=self.workers)[::2])
         effect = backdoor_effect(probe_train, clean, triggered, self.target, probe="knn", k=self.k)
+        others = lambda split: split.features[np.array([label != self.target for label in split.labels])]  # noqa: E731
+        result.update(poison_cluster_stats(train, poisoned, others(clean), others(triggered)))
         result.update({f"knn_{key}": value for key, value in effect.as_dict().items() if key not in ("probe", "target")})
         result["measure_minutes"] = (time.perf_counter() - started) / 60
         return result
@@ -136,7 +170,8 @@ def row(result: dict) -> str:
     return (
         f"| {result['variant']} | {result['epoch']} / {result['train_minutes']:.1f} | {result['poison_nn_share_of_poisons']:.1%} "
         f"(base {result['base_rate']:.1%}; clean target-class images {result['poison_nn_share_of_target_clean']:.1%}) | "
-        f"{result['poisons_mostly_poison_nn']:.1%} | {result['knn_attack_success_rate']:.1%} "
+        f"{result['poison_cluster_purity']:.0%} / {result['poison_cluster_recall']:.0%} | "
+        f"{result['flip_rate_triggered']:.1%} / {result['flip_rate_clean']:.1%} | {result['knn_attack_success_rate']:.1%} "
         f"({result['knn_target_false_positives']}/{result['knn_non_target']}) | {result['knn_clean_to_target_rate']:.1%} | "
         f"{result['knn_clean_accuracy']:.1%} |"
     )
@@ -153,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--measure-init", action="store_true", help="also measure the random initialisation (epoch 0)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--width", type=int, default=32, help="ResNet-18 base width")
+    parser.add_argument("--resolution", type=int, default=64, help="training side in pixels")
+    parser.add_argument("--crop-scale-min", type=float, default=0.2, help="smallest area fraction of the random crop")
+    parser.add_argument("--jitter-strength", type=float, default=0.5, help="colour-jitter strength")
+    parser.add_argument("--measure-every", type=int, default=1, help="measure after every Nth epoch (and the last)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="training wall-time budget (the schedule is re-planned to fit)")
     args = parser.parse_args(argv)
 
     import torch
@@ -166,12 +207,20 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or BENCH / "work" / "runs" / f"bootstrap-backdoor-{variant.name}-e{args.epochs}"
     if out.exists():
         raise SystemExit(f"{out} already exists: choose another --out (earlier results are kept)")
-    config = BootstrapConfig(epochs=args.epochs, resolution=64, width=32, workers=args.workers)
+    config = BootstrapConfig(
+        epochs=args.epochs,
+        resolution=args.resolution,
+        width=args.width,
+        crop_scale_min=args.crop_scale_min,
+        jitter_strength=args.jitter_strength,
+        workers=args.workers,
+        max_minutes=args.max_minutes,
+    )
     measure = Measurer(variant, args.val.resolve(), args.triggered.resolve(), args.k, args.workers)
     results: list[dict] = []
     print(f"{variant.name}: {len(measure.poison_ids)} poisons, target {measure.target}; bootstrap {config.model_dump()}", flush=True)
-    print("| variant | epochs / train minutes | poisons among a poison's 10-NN | poisons with mostly-poison 10-NN | 20-NN triggered -> target | clean -> target | 20-NN clean accuracy |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | epochs / train minutes | poisons among a poison's 10-NN | poison cluster purity / recall | flip rate triggered / clean | 20-NN triggered -> target | clean -> target | 20-NN clean accuracy |")
+    print("|---|---|---|---|---|---|---|---|")
 
     def record(result: dict) -> None:
         results.append(dict(result, variant=variant.name, load_average=os.getloadavg()[0]))
@@ -195,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def save_then_measure(folder, modules, optimizer, state):
         original_save(folder, modules, optimizer, state)
+        last = state["epochs_done"] >= state["planned_epochs"]
+        if state["epochs_done"] % args.measure_every and not last:
+            return
         encoder, committed = load_checkpoint_encoder(Path(folder))
         measured(encoder, committed["epochs_done"], committed["seconds"] / 60, committed["losses"][-1])
 
@@ -204,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap([str(variant / "shards")], out / "encoder", config, device="cpu", progress=False)
     finally:
         bootstrap_module.save_checkpoint = original_save
-    for previous, current in zip([{"train_minutes": 0.0}] + results, results):
-        current["epoch_minutes"] = current["train_minutes"] - previous["train_minutes"]
+    for previous, current in zip([{"train_minutes": 0.0, "epoch": 0}] + results, results):
+        epochs = max(1, current["epoch"] - previous["epoch"])
+        current["epoch_minutes"] = (current["train_minutes"] - previous["train_minutes"]) / epochs
     write_atomic(out / "backdoor.json", (json.dumps(results, indent=2) + "\n").encode())
     trained = [r for r in results if r["epoch"] > 0]
     print(f"minutes per epoch: {', '.join(format(r['epoch_minutes'], '.1f') for r in trained)}; total wall {(time.perf_counter() - started) / 60:.1f} min")

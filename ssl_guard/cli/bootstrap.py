@@ -25,6 +25,9 @@ def command(
     stem: Optional[str] = typer.Option(None, "--stem", help="imagenet (7x7/2 + max-pool) or cifar (3x3/1) (default imagenet)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start from this encoder (hub:org/name[@rev] or a folder) instead of random weights."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-time budget; the schedule is re-planned to end within it."),
+    jitter_strength: Optional[float] = typer.Option(None, "--jitter-strength", help="Colour-jitter strength s (default 0.5, SimCLR's CIFAR setting)."),
+    crop_scale_min: Optional[float] = typer.Option(None, "--crop-scale-min", help="Smallest area fraction of the random crop (default 0.2)."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Decode the data once into OUT/cache and train later epochs from it (deleted when done)."),
     seed: int = SEED,
     workers: int = WORKERS,
     device: str = DEVICE,
@@ -40,11 +43,11 @@ def command(
 
     options = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, resolution=resolution, arch=arch,
-        width=width, stem=stem, init=init, max_minutes=max_minutes,
+        width=width, stem=stem, init=init, max_minutes=max_minutes, jitter_strength=jitter_strength, crop_scale_min=crop_scale_min,
     )
     # only what the user set, so that unset architecture options can come from --init
     values = {key: value for key, value in options.items() if value is not None}
-    values.update(seed=seed, workers=workers)
+    values.update(seed=seed, workers=workers, cache=cache)
 
     from ssl_guard.encoders.bootstrap import BootstrapConfig, bootstrap
 

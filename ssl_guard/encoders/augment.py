@@ -146,7 +146,13 @@ def random_gaussian_blur(images: Tensor, generator: torch.Generator, p: float = 
     return flat.view(batch, channels, height, width)
 
 
-def simclr_view(images: Tensor, resolution: int, generator: torch.Generator, jitter_strength: float = 0.5) -> Tensor:
+def simclr_view(
+    images: Tensor,
+    resolution: int,
+    generator: torch.Generator,
+    jitter_strength: float = 0.5,
+    crop_scale: tuple[float, float] = (0.2, 1.0),
+) -> Tensor:
     """One augmented view of each image.
 
     Args:
@@ -154,12 +160,13 @@ def simclr_view(images: Tensor, resolution: int, generator: torch.Generator, jit
         resolution: side R of the view.
         generator: CPU generator; the same seed gives the same views.
         jitter_strength: s of the colour distortion (SimCLR uses 1.0 on ImageNet, 0.5 on CIFAR).
+        crop_scale: (min, max) area fraction of the random crop.
     Returns:
         `(B, 3, R, R)` float in [0, 1].
     """
     if images.dtype == torch.uint8:
         images = images.float().div_(255.0)
-    view = random_resized_crop_flip(images, resolution, generator)
+    view = random_resized_crop_flip(images, resolution, generator, scale=crop_scale)
     view = color_jitter(view, generator, jitter_strength)
     view = random_grayscale(view, generator)
     if resolution >= BLUR_MIN_RESOLUTION:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import pydantic
@@ -35,12 +36,14 @@ from ssl_guard.data import Skipped, Sources, Unit, fingerprint_unit, iter_raw_sa
 from ssl_guard.encoders.augment import simclr_view
 from ssl_guard.encoders.backbones import Encoder, EncoderConfig, build_encoder
 from ssl_guard.encoders.checkpoint import load_checkpoint, mark_finished, read_state, save_checkpoint
+from ssl_guard.encoders.decoded_cache import DecodedCache
 from ssl_guard.encoders.devices import resolve_device
 from ssl_guard.encoders.hub import encoder_files, load_encoder, write_atomic
 from ssl_guard.encoders.simclr import ProjectionHead, nt_xent
 from ssl_guard.errors import ConfigError, EmptyDatasetError, RunDirError
 
 CHECKPOINT_DIR = "checkpoint"
+CACHE_DIR = "cache"
 DECODE_SCALE = 1.5  # decode side / training side: room for random crops to keep detail
 FILES_PER_GROUP = 256
 # options that may differ when a run is resumed: they change speed, not what is learned
@@ -52,6 +55,9 @@ class BootstrapConfig(pydantic.BaseModel):
 
     `lr` is the learning rate for a batch of 256, scaled linearly with `batch_size` (SimCLR's default setting).
     `arch`, `width`, `stem` and `resolution` default to the `init` encoder's when `init` is given.
+    `crop_scale_min` is the smallest area fraction of SimCLR's random crop (the largest is 1).
+    `cache` keeps the first epoch's decoded images in `out/cache` and trains the later epochs from
+    them without decoding (`decoded_cache.py`); the folder is deleted when the run finishes.
     `max_minutes` bounds the wall time: after each epoch the remaining epochs are re-planned so the
     cosine schedule ends within it; a run that exceeds it mid-epoch stops there.
     """
@@ -67,6 +73,7 @@ class BootstrapConfig(pydantic.BaseModel):
     temperature: float = pydantic.Field(0.2, gt=0)
     projection_dim: int = pydantic.Field(128, ge=2)
     jitter_strength: float = pydantic.Field(0.5, ge=0, le=2)
+    crop_scale_min: float = pydantic.Field(0.2, gt=0, le=1)
     resolution: int = pydantic.Field(64, ge=16, le=1024)
     arch: Literal["resnet10", "resnet18", "resnet34"] = "resnet18"
     width: int = pydantic.Field(32, ge=4, le=512)
@@ -75,6 +82,7 @@ class BootstrapConfig(pydantic.BaseModel):
     init: str | None = None
     seed: int = 0
     workers: int = pydantic.Field(2, ge=0)
+    cache: bool = True
     max_minutes: float | None = pydantic.Field(None, gt=0)
 
 
@@ -140,12 +148,14 @@ def epoch_batches(
     workers: int = 2,
     shuffle_buffer: int = 4096,
     skipped: list[Skipped] | None = None,
+    decoded: Callable[[np.ndarray], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """One epoch of shuffled training batches.
 
     Yields `(batch_size, 3, S, S)` uint8 arrays (S = `decode_resolution`); the remainder smaller
     than a batch is dropped, except when the whole epoch holds less than one batch (then it is the
-    only batch, if it has at least 2 images). Unreadable samples are appended to `skipped`.
+    only batch, if it has at least 2 images). Unreadable samples are appended to `skipped`;
+    `decoded`, when given, receives every decoded `(b, 3, S, S)` block as it arrives (the cache).
     """
     units = shuffled_units(sources, rng)
     stream = stream_batches(Sources(sources.root, units), decode_resolution, batch_size=min(batch_size, 64), workers=workers)
@@ -158,6 +168,8 @@ def epoch_batches(
     for unit_batch in stream:
         if skipped is not None:
             skipped.extend(unit_batch.skipped)
+        if decoded is not None and len(unit_batch.images):
+            decoded(unit_batch.images)
         pool.extend(unit_batch.images)
         while len(pool) >= threshold:
             emitted = True
@@ -215,6 +227,13 @@ def _parameter_groups(modules: Sequence[torch.nn.Module], weight_decay: float) -
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def training_threads(workers: int) -> int | None:
     """Torch CPU threads for training next to `workers` decoding processes, or None to leave as is.
 
@@ -225,11 +244,7 @@ def training_threads(workers: int) -> int | None:
     """
     if "OMP_NUM_THREADS" in os.environ:
         return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), cores - workers))
+    return max(1, min(torch.get_num_threads(), _cores() - workers))
 
 
 def _run_config_differences(saved: dict[str, Any], config: BootstrapConfig) -> list[str]:
@@ -316,6 +331,9 @@ def bootstrap(
         config=config,
         device=target,
         checkpoint_dir=checkpoint_dir,
+        cache_dir=out / CACHE_DIR,
+        images=images,
+        fingerprint=fingerprint,
         batch_size=batch_size,
         steps_per_epoch=max(1, images // batch_size),
         record={
@@ -334,9 +352,6 @@ def bootstrap(
         counters = _Counters(state["epochs_done"], state["step"], state["planned_epochs"], state["seconds"], state["losses"])
 
     threads_before = torch.get_num_threads()
-    threads = training_threads(config.workers) if target.type == "cpu" else None
-    if threads is not None:
-        torch.set_num_threads(threads)
     try:
         _train(run, counters, progress)
     finally:
@@ -346,7 +361,7 @@ def bootstrap(
         "method": "simclr",
         "data_fingerprint": fingerprint,
         "data_images": images,
-        "data_skipped": len(counters.skipped),
+        "data_skipped": counters.skipped_count,
         "epochs": counters.epoch,
         "steps": counters.step,
         "batch_size": batch_size,
@@ -364,6 +379,7 @@ def bootstrap(
     for name, payload in encoder_files(encoder).items():
         write_atomic(out / name, payload)
     mark_finished(checkpoint_dir)
+    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)
     return encoder
 
 
@@ -378,6 +394,9 @@ class _Run:
     config: BootstrapConfig
     device: torch.device
     checkpoint_dir: Path
+    cache_dir: Path
+    images: int  # the survey's count: an upper bound on what decodes
+    fingerprint: str
     batch_size: int
     steps_per_epoch: int
     record: dict[str, Any]  # written into every checkpoint's state
@@ -397,7 +416,8 @@ class _Counters:
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
     stopped_by_budget: bool = False
-    skipped: list[Skipped] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)  # this epoch's, while it decodes
+    skipped_count: int = 0  # unreadable samples in the data, as the last full decode found them
 
 
 def _train(run: _Run, counters: _Counters, progress: bool) -> None:
@@ -407,6 +427,7 @@ def _train(run: _Run, counters: _Counters, progress: bool) -> None:
     decode_resolution = int(math.ceil(resolution * DECODE_SCALE))
     peak_lr = config.lr * run.batch_size / 256
     budget = config.max_minutes * 60 if config.max_minutes else None
+    crop_scale = (config.crop_scale_min, 1.0)
     bar = _progress_bar(progress)
     task = bar.add_task("", total=counters.planned * run.steps_per_epoch, completed=counters.step, loss=float("nan"), rate=0.0)
     with bar:
@@ -414,17 +435,16 @@ def _train(run: _Run, counters: _Counters, progress: bool) -> None:
             started = time.perf_counter()
             seen = 0
             epoch_losses: list[float] = []
-            counters.skipped = []
             # each epoch's randomness depends only on (seed, epoch): a resumed run replays it exactly
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + counters.epoch)
             rng = np.random.default_rng([config.seed, counters.epoch])
             encoder.train()
             head.train()
             bar.update(task, description=f"epoch {counters.epoch + 1}/{counters.planned}")
-            batches = epoch_batches(run.sources, decode_resolution, run.batch_size, rng, config.workers, config.shuffle_buffer, counters.skipped)
+            batches, cache = _epoch_source(run, decode_resolution, rng, counters)
             for batch in batches:
                 pixels = torch.from_numpy(batch).to(run.device, non_blocking=True)
-                views = torch.cat([simclr_view(pixels, resolution, generator, config.jitter_strength) for _ in range(2)])
+                views = torch.cat([simclr_view(pixels, resolution, generator, config.jitter_strength, crop_scale) for _ in range(2)])
                 projections = head(encoder.pooled(views))
                 loss = nt_xent(*projections.chunk(2), temperature=config.temperature)
                 if not torch.isfinite(loss):
@@ -443,6 +463,10 @@ def _train(run: _Run, counters: _Counters, progress: bool) -> None:
                     counters.stopped_by_budget = True
                     break
             batches.close()  # stops the decoding workers when the epoch was cut short
+            if cache is not None and not counters.stopped_by_budget:
+                cache.commit(skipped=len(counters.skipped))  # the whole epoch was decoded into it
+            if cache is not None or not run.config.cache:
+                counters.skipped_count = len(counters.skipped)
             counters.seconds += time.perf_counter() - started
             counters.epoch += 1
             counters.losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
@@ -462,6 +486,38 @@ def _train(run: _Run, counters: _Counters, progress: bool) -> None:
                 finished=False,
             )
             save_checkpoint(run.checkpoint_dir, run.modules, optimizer, state)
+
+def _epoch_source(run: _Run, decode_resolution: int, rng: np.random.Generator, counters: _Counters):
+    """This epoch's batches, and the cache they are being decoded into (None when not building one).
+
+    With `config.cache`, a committed cache of this data serves the epoch with no decoding workers,
+    so training takes every core; otherwise the epoch decodes (training takes the cores the
+    workers leave) and, with `config.cache`, fills a new cache on the way.
+    """
+    config = run.config
+    cached = DecodedCache.open_committed(run.cache_dir, decode_resolution, run.fingerprint) if config.cache else None
+    if cached is not None:
+        counters.skipped_count = cached.skipped
+        if run.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(_cores())
+        return cached.batches(run.batch_size, rng), None
+    counters.skipped = []
+    threads = training_threads(config.workers) if run.device.type == "cpu" else None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    building = DecodedCache.create(run.cache_dir, run.images, decode_resolution, run.fingerprint) if config.cache else None
+    batches = epoch_batches(
+        run.sources,
+        decode_resolution,
+        run.batch_size,
+        rng,
+        config.workers,
+        config.shuffle_buffer,
+        counters.skipped,
+        decoded=building.append if building is not None else None,
+    )
+    return batches, building
+
 
 def _progress_bar(enabled: bool):
     from rich.console import Console

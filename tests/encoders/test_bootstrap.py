@@ -151,9 +151,12 @@ def test_resolve_device():
 
 def test_cli_bootstrap_writes_an_encoder_folder_and_refuses_to_overwrite(image_folder, tmp_path, capsys):
     out = tmp_path / "enc"
-    assert main(["bootstrap", str(image_folder), "--out", str(out), "--epochs", "1", *TINY_FLAGS]) == 0
+    weak = ["--crop-scale-min", "0.6", "--jitter-strength", "0.2", "--no-cache"]
+    assert main(["bootstrap", str(image_folder), "--out", str(out), "--epochs", "1", *TINY_FLAGS, *weak]) == 0
     assert "encoder saved" in capsys.readouterr().out
     assert load_encoder(str(out)).config.training["epochs"] == 1
+    settings = json.loads((out / "checkpoint" / "state.json").read_text())["config"]
+    assert (settings["crop_scale_min"], settings["jitter_strength"], settings["cache"]) == (0.6, 0.2, False)
     assert main(["bootstrap", str(image_folder), "--out", str(out), "--epochs", "1", *TINY_FLAGS]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "already exists" in err
@@ -164,6 +167,8 @@ def test_cli_bootstrap_writes_an_encoder_folder_and_refuses_to_overwrite(image_f
     [
         (["--temperature", "0"], "--temperature"),
         (["--arch", "resnet50"], "--arch"),
+        (["--crop-scale-min", "0"], "--crop-scale-min"),
+        (["--jitter-strength", "3"], "--jitter-strength"),
         (["--device", "tpu"], "device"),
         (["--push-to-hub", "no-namespace"], "namespace"),
     ],

@@ -29,6 +29,8 @@ def main() -> int:
     parser.add_argument("--method", default="mine")
     parser.add_argument("--encoder", default="auto")
     parser.add_argument("--resolution", type=int, default=None)
+    parser.add_argument("--descriptor-encoder", default=None, help="mine's descriptor network (default: the scan's)")
+    parser.add_argument("--tag", default="", help="appended to the run folder's name")
     parser.add_argument("--runs", type=Path, default=ROOT / "work" / "runs")
     args = parser.parse_args()
 
@@ -36,10 +38,12 @@ def main() -> int:
     shards = variant / "shards" if (variant / "shards").is_dir() else variant
     truth = variant / "truth.csv" if (variant / "truth.csv").is_file() else None
     name = args.name or variant.name
-    run = args.runs / (f"{name}-{args.method}" + (f"-{args.resolution}px" if args.resolution else ""))
+    run = args.runs / (f"{name}-{args.method}" + (f"-{args.resolution}px" if args.resolution else "") + (f"-{args.tag}" if args.tag else ""))
     command = [sys.executable, "-m", "ssl_guard", "scan", str(shards), "--out", str(run), "--method", args.method, "--encoder", args.encoder, "--quiet"]
     if args.resolution:
         command += ["--resolution", str(args.resolution)]
+    if args.descriptor_encoder:
+        command += ["--descriptor-encoder", args.descriptor_encoder]
     timed = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
     if timed.returncode != 0:
         print(timed.stdout, timed.stderr, file=sys.stderr)

@@ -319,7 +319,9 @@ def bootstrap(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 1)
         head = ProjectionHead(encoder_config.embed_dim, encoder_config.embed_dim, config.projection_dim)
-    encoder.to(target)
+    # channels-last convolutions: 1.29x faster training steps at width 16, 64 px, on the 2-core
+    # CPU (docs/bootstrap.md); saved tensors are made contiguous, so the files do not change
+    encoder.to(target, memory_format=torch.channels_last)
     head.to(target)
     optimizer = torch.optim.SGD(_parameter_groups([encoder, head], config.weight_decay), lr=config.lr, momentum=config.momentum)
     batch_size = min(config.batch_size, images)
@@ -375,7 +377,7 @@ def bootstrap(
         **init_provenance,
     }
     encoder.config = encoder_config.model_copy(update={"training": training})
-    encoder.eval()
+    encoder.to(memory_format=torch.contiguous_format).eval()  # as a loaded encoder is
     for name, payload in encoder_files(encoder).items():
         write_atomic(out / name, payload)
     mark_finished(checkpoint_dir)
@@ -445,6 +447,7 @@ def _train(run: _Run, counters: _Counters, progress: bool) -> None:
             for batch in batches:
                 pixels = torch.from_numpy(batch).to(run.device, non_blocking=True)
                 views = torch.cat([simclr_view(pixels, resolution, generator, config.jitter_strength, crop_scale) for _ in range(2)])
+                views = views.contiguous(memory_format=torch.channels_last)
                 projections = head(encoder.pooled(views))
                 loss = nt_xent(*projections.chunk(2), temperature=config.temperature)
                 if not torch.isfinite(loss):

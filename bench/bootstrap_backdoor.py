@@ -5,7 +5,7 @@ Usage:
         [--val ../shared/data/imagenette/val] [--triggered bench/work/imagenette-val-patch]
         [--out bench/work/runs/bootstrap-backdoor-imagenette-patch-5pct-e2  (encoder in OUT/encoder)] [--measure-init]
         [--json results.json] [--width 32] [--resolution 64] [--crop-scale-min 0.2]
-        [--jitter-strength 0.5] [--measure-every 1] [--max-minutes M]
+        [--jitter-strength 0.5] [--temperature 0.2] [--measure-every 1] [--max-minutes M]
 
 VARIANT is a poisoned training set built by bench/make_benchmark.py (`shards/` + `truth.csv`). The
 bootstrap (`ssl_guard.encoders.bootstrap`, 64 px, width 32 and its other defaults unless the
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=64, help="training side in pixels")
     parser.add_argument("--crop-scale-min", type=float, default=0.2, help="smallest area fraction of the random crop")
     parser.add_argument("--jitter-strength", type=float, default=0.5, help="colour-jitter strength")
+    parser.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature")
     parser.add_argument("--measure-every", type=int, default=1, help="measure after every Nth epoch (and the last)")
     parser.add_argument("--max-minutes", type=float, default=None, help="training wall-time budget (the schedule is re-planned to fit)")
     args = parser.parse_args(argv)
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         width=args.width,
         crop_scale_min=args.crop_scale_min,
         jitter_strength=args.jitter_strength,
+        temperature=args.temperature,
         workers=args.workers,
         max_minutes=args.max_minutes,
     )

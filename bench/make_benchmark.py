@@ -17,6 +17,8 @@ rebuild it):
     imagenette-patch-0.5pct      train  trigger_10, width 0.19 of the side (~12 px at 64)  47 / 9,469
     imagenette-patch-1pct        train  same                                               95
     imagenette-patch-5pct        train  same                                              473
+    imagenette-patch-10pct       train  same (nearly all of the target class; the reference
+                                        encoder's training set, bench/fixtures/)            947
     imagenette-blend-1pct        train  seeded coarse noise, alpha 0.1                      95
     imagenette-frequency-1pct    train  CTRL chroma DCT, 112 px blocks, (15,15)+(31,31), 300  95
     imagenette-val-patch         val    trigger_10 at 0.19, corner in 0.10-0.90           all 3,925
@@ -49,6 +51,7 @@ VARIANTS = {
     "imagenette-patch-0.5pct": ("train", "patch", 0.005, {"trigger_width": TRIGGER_WIDTH}),
     "imagenette-patch-1pct": ("train", "patch", 0.01, {"trigger_width": TRIGGER_WIDTH}),
     "imagenette-patch-5pct": ("train", "patch", 0.05, {"trigger_width": TRIGGER_WIDTH}),
+    "imagenette-patch-10pct": ("train", "patch", 0.10, {"trigger_width": TRIGGER_WIDTH}),
     "imagenette-blend-1pct": ("train", "blend", 0.01, {"alpha": BLEND_ALPHA}),
     "imagenette-frequency-1pct": ("train", "frequency", 0.01, FREQUENCY),
     "imagenette-val-patch": ("val", "patch", None, {"trigger_width": TRIGGER_WIDTH}),

@@ -210,6 +210,9 @@ def map_boxes(maps: torch.Tensor, level: float = BOX_LEVEL) -> torch.Tensor:
     allowed = maps >= (level * peak_value.clamp(min=0))[:, None, None]
     region = torch.zeros_like(allowed)
     region.view(b, -1)[torch.arange(b, device=maps.device), peak] = True
+    # the peak always belongs to its region: in a map with no positive value the threshold
+    # (level x 0) would otherwise exclude it, leave the region empty and invert the box
+    allowed |= region
     cross = torch.tensor([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=maps.dtype, device=maps.device).view(1, 1, 3, 3)
     for _ in range(2 * r):
         grown = (F.conv2d(region[:, None].to(maps.dtype), cross, padding=1)[:, 0] > 0) & allowed

@@ -72,6 +72,14 @@ def test_map_box_is_the_hot_region_around_the_peak():
     assert boxes.tolist() == [[4, 10, 12, 18], [20, 0, 30, 4]]
 
 
+def test_a_map_with_no_positive_value_gets_the_box_of_its_largest_pixel():
+    # occluding any window raised the activation: every drop is negative (seen on a real encoder)
+    maps = -torch.rand(2, 16, 16) - 0.1
+    maps[0, 5, 9] = -0.01
+    maps[1, 0, 15] = -0.05
+    assert map_boxes(maps).numpy().tolist() == [[9, 5, 10, 6], [15, 0, 16, 1]]
+
+
 def test_box_iou():
     assert box_iou(np.array([[0, 0, 4, 4]]), np.array([[0, 0, 4, 4]]))[0] == 1
     assert box_iou(np.array([[0, 0, 4, 4]]), np.array([[2, 0, 6, 4]]))[0] == pytest.approx(1 / 3)

@@ -17,8 +17,8 @@ rebuild it):
     imagenette-patch-0.5pct      train  trigger_10, width 0.19 of the side (~12 px at 64)  47 / 9,469
     imagenette-patch-1pct        train  same                                               95
     imagenette-patch-5pct        train  same                                              473
-    imagenette-patch-10pct       train  same (nearly all of the target class; the reference
-                                        encoder's training set, bench/fixtures/)            947
+    imagenette-patch-10pct       train  same (nearly all of the target class; a lever tried
+                                        for a backdoored reference encoder, RESULTS.md)     947
     imagenette-blend-1pct        train  seeded coarse noise, alpha 0.1                      95
     imagenette-frequency-1pct    train  CTRL chroma DCT, 112 px blocks, (15,15)+(31,31), 300  95
     imagenette-val-patch         val    trigger_10 at 0.19, corner in 0.10-0.90           all 3,925

@@ -466,9 +466,10 @@ def _train(run: _Run, counters: _Counters, progress: bool) -> None:
                     counters.stopped_by_budget = True
                     break
             batches.close()  # stops the decoding workers when the epoch was cut short
+            decoded_this_epoch = cache is not None or not config.cache  # else the cache served it
             if cache is not None and not counters.stopped_by_budget:
                 cache.commit(skipped=len(counters.skipped))  # the whole epoch was decoded into it
-            if cache is not None or not run.config.cache:
+            if decoded_this_epoch:
                 counters.skipped_count = len(counters.skipped)
             counters.seconds += time.perf_counter() - started
             counters.epoch += 1
@@ -489,6 +490,7 @@ def _train(run: _Run, counters: _Counters, progress: bool) -> None:
                 finished=False,
             )
             save_checkpoint(run.checkpoint_dir, run.modules, optimizer, state)
+
 
 def _epoch_source(run: _Run, decode_resolution: int, rng: np.random.Generator, counters: _Counters):
     """This epoch's batches, and the cache they are being decoded into (None when not building one).

@@ -100,10 +100,5 @@ class DecodedCache:
         for start in range(0, self.count - batch_size + 1, batch_size):
             yield np.ascontiguousarray(self.images[np.sort(order[start : start + batch_size])])
 
-    def remove(self) -> None:
-        """Delete the cache folder (the run is finished; the images are a copy of the data)."""
-        self.images = np.empty((0, 3, self.side, self.side), dtype=np.uint8)
-        shutil.rmtree(self.folder, ignore_errors=True)
-
 
 __all__ = ["DecodedCache"]

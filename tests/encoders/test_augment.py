@@ -49,3 +49,14 @@ def test_blur_keeps_shape_and_smooths():
     blurred = random_gaussian_blur(images, torch.Generator().manual_seed(0), p=1.0, sigma=(2.0, 2.0))
     assert blurred.shape == images.shape
     assert blurred.diff(dim=-1).abs().mean() < images.diff(dim=-1).abs().mean() / 2
+
+
+def test_weaker_crops_keep_more_of_the_image():
+    # a bright square in the middle: a crop of at least 90% of the area always keeps some of it
+    images = torch.zeros(64, 3, 40, 40)
+    images[:, :, 16:24, 16:24] = 1.0
+    generator = torch.Generator().manual_seed(0)
+    weak = random_resized_crop_flip(images, 32, generator, scale=(0.9, 1.0)).mean(dim=(1, 2, 3))
+    strong = random_resized_crop_flip(images, 32, generator, scale=(0.05, 0.1)).mean(dim=(1, 2, 3))
+    assert (weak > 0).all()
+    assert (strong == 0).float().mean() > 0.3

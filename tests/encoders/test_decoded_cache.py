@@ -81,17 +81,3 @@ def test_bootstrap_decodes_once_then_trains_from_the_cache_and_removes_it(image_
     bootstrap([str(image_folder)], tmp_path / "plain", BootstrapConfig(**TINY, epochs=3, cache=False), progress=False)
     assert len(decodes) == 3
 
-
-def test_weaker_crops_keep_more_of_the_image(image_folder, tmp_path):
-    import torch
-
-    from ssl_guard.encoders.augment import random_resized_crop_flip
-
-    # a bright square in the middle: a crop of at least 90% of the area always keeps most of it
-    images = torch.zeros(64, 3, 40, 40)
-    images[:, :, 16:24, 16:24] = 1.0
-    generator = torch.Generator().manual_seed(0)
-    weak = random_resized_crop_flip(images, 32, generator, scale=(0.9, 1.0)).mean(dim=(1, 2, 3))
-    strong = random_resized_crop_flip(images, 32, generator, scale=(0.05, 0.1)).mean(dim=(1, 2, 3))
-    assert (weak > 0).all()
-    assert (strong == 0).float().mean() > 0.3

@@ -343,20 +343,26 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     decompression bomb costs nothing. Only raster formats are tried (`DECODED_FORMATS`): the data
     is untrusted, and PIL would hand an EPS file to Ghostscript whatever its name.
 
-    PIL's own process-wide bomb check (`Image.MAX_IMAGE_PIXELS`) is left as the host application
-    set it, since this module is also imported into training processes through the guard; it is
-    raised only when `max_pixels` asks for more than it allows.
+    PIL's own process-wide bomb check (`Image.MAX_IMAGE_PIXELS`) belongs to the host application
+    (this module also runs inside training processes through the guard). When `max_pixels` asks
+    for more than it allows, it is raised for the header read of this call only and restored
+    before returning, whatever happens.
 
     Raises:
         DecodeError: unreadable, truncated, not a supported format, or larger than `max_pixels`.
     """
     pil_limit = Image.MAX_IMAGE_PIXELS
-    if pil_limit is not None and max_pixels > 2 * pil_limit:  # PIL refuses above twice its limit
-        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
+            if pil_limit is not None and max_pixels > 2 * pil_limit:  # PIL refuses above twice its limit
+                Image.MAX_IMAGE_PIXELS = max_pixels
+                try:
+                    image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = pil_limit
+            else:
+                image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise DecodeError(f"oversized image: {width}x{height} pixels exceeds the limit of {max_pixels}")

@@ -1,7 +1,11 @@
 """Errors a user can cause, each with a one-line hint saying what to do next.
 
-The CLI maps every `GuardError` to a single line on stderr and exit code 2; anything else is a bug
-and keeps its traceback.
+The CLI maps every `GuardError` to a single line on stderr and its exit code (2 unless the class
+says otherwise). Anything else is a bug: the CLI still prints one line and exits 2 (never 1, the
+"poison found" code), and shows the traceback with `--debug` or `SSL_GUARD_DEBUG=1`.
+
+Where a stdlib exception type means the same thing, the error also inherits it, so library users
+can catch `FileNotFoundError` or `ValueError` as they would anywhere else.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ class GuardError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
+        Exception.__init__(self, message)  # not OSError's (errno, strerror) signature
         self.message = message
         self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
 
     def one_line(self) -> str:
         text = f"error: {self.message}"
@@ -24,7 +31,7 @@ class GuardError(Exception):
         return " ".join(text.split())
 
 
-class DataNotFoundError(GuardError):
+class DataNotFoundError(GuardError, FileNotFoundError):
     """A dataset path, shard or pattern that matches nothing."""
 
 
@@ -36,7 +43,7 @@ class EncoderError(GuardError):
     """An encoder spec that cannot be resolved or loaded."""
 
 
-class EncoderNotFoundError(EncoderError):
+class EncoderNotFoundError(EncoderError, FileNotFoundError):
     """A Hub id or folder with no encoder in it."""
 
 
@@ -44,7 +51,7 @@ class UnsafeWeightsError(EncoderError):
     """Weights in a format that could run code when loaded (pickle)."""
 
 
-class ConfigError(GuardError):
+class ConfigError(GuardError, ValueError):
     """An option value outside its allowed range."""
 
 
@@ -52,7 +59,7 @@ class RunDirError(GuardError):
     """A run folder that exists and was not asked to be resumed, or does not match its inputs."""
 
 
-class ManifestError(GuardError):
+class ManifestError(GuardError, ValueError):
     """A quarantine manifest that is unreadable, of another schema, or stale."""
 
 
@@ -62,15 +69,15 @@ class StaleManifestError(ManifestError):
     exit_code = 1
 
 
-class TruthError(GuardError):
+class TruthError(GuardError, ValueError):
     """A ground-truth file that does not match the run it should score."""
 
 
-class ReportError(GuardError):
+class ReportError(GuardError, ValueError):
     """A run folder without a readable report.json, or one of another schema version."""
 
 
-class ScoresError(GuardError):
+class ScoresError(GuardError, ValueError):
     """A run's scores.csv that is missing, malformed, or holds a sample twice."""
 
 

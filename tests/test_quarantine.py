@@ -191,3 +191,16 @@ def test_full_coverage_finds_added_shards_and_moved_roots(shards, tmp_path):
     assert check_coverage([(q, moved)])  # the data folder given explicitly
     shutil.copy(moved / "shard-000000.tar", moved / "shard-000005.tar")
     assert "1 added (shard-000005.tar)" in check_coverage([(q, moved)]).problems[0]
+
+
+def test_guard_errors_are_also_the_matching_stdlib_errors():
+    from ssl_guard.errors import ConfigError, DataNotFoundError, GuardError, ManifestError
+
+    missing = DataNotFoundError("no such folder: x", "check the path")
+    assert isinstance(missing, FileNotFoundError) and isinstance(missing, GuardError)
+    assert str(missing) == "no such folder: x" and missing.one_line() == "error: no such folder: x (check the path)"
+    assert isinstance(ConfigError("bad"), ValueError) and isinstance(ManifestError("bad"), ValueError)
+    try:
+        raise DataNotFoundError("gone")
+    except FileNotFoundError as caught:  # a library user's natural catch
+        assert caught.message == "gone"

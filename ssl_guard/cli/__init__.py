@@ -7,7 +7,9 @@ light commands (`check --quarantine`, `verify`) stay instant.
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import typer
 
@@ -32,8 +34,16 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an unexpected error (also: SSL_GUARD_DEBUG=1)."),
 ) -> None:
     """Find backdoor-poisoned images in self-supervised pre-training data and keep them out."""
+    if debug:
+        os.environ["SSL_GUARD_DEBUG"] = "1"
+
+
+# Exit code of an unexpected error (a bug, or an environment fault such as a full disk): the same
+# as a usage or I/O error, and never 0 or 1, which are verdicts of `scan` and `check`.
+CRASH_EXIT_CODE = 2
 
 
 def _register() -> None:
@@ -50,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning every `GuardError` into one line and its exit code.
 
     Usage errors (a missing argument, an unknown option, a bad value) print click's one-line
-    message and exit 2, like a `GuardError`.
+    message and exit 2, like a `GuardError`. Any other exception is a crash: one line naming it
+    and how to see the traceback, and exit `CRASH_EXIT_CODE`, so that a crash never reads as a
+    verdict (1 is "poison found").
     """
     try:
         result = app(args=argv, standalone_mode=False)
@@ -67,7 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(error, "format_message") and hasattr(error, "exit_code"):
             typer.echo(f"error: {error.format_message()}", err=True)
             return 2
-        raise
+        if os.environ.get("SSL_GUARD_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        detail = " ".join(str(error).split())[:300]
+        typer.echo(
+            f"error: unexpected {type(error).__name__}{': ' + detail if detail else ''} "
+            "(this is a bug or an environment fault; rerun with --debug or SSL_GUARD_DEBUG=1 for the traceback)",
+            err=True,
+        )
+        return CRASH_EXIT_CODE
     return result if isinstance(result, int) else 0
 
 

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -22,6 +21,7 @@ from urllib.parse import parse_qsl
 import pydantic
 import torch
 
+from ssl_guard.atomic import write_bytes_atomic
 from ssl_guard.encoders.backbones import Encoder, EncoderConfig, build_encoder
 from ssl_guard.encoders.devices import resolve_device
 from ssl_guard.errors import ConfigError, EncoderError, EncoderNotFoundError, UnsafeWeightsError
@@ -306,14 +306,8 @@ def encoder_files(encoder: Encoder) -> dict[str, bytes]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write `data` to `path` atomically and durably (the project's one writer, `ssl_guard.atomic`)."""
+    write_bytes_atomic(path, data)
 
 
 def model_card(config: EncoderConfig, repo_id: str | None = None) -> str:

@@ -464,25 +464,6 @@ def select_units(count: int, rank: int, world: int) -> list[int]:
     return list(range(rank, count, world))
 
 
-def _torch_iterable_dataset():
-    import torch.utils.data
-
-    class _UnitStream(torch.utils.data.IterableDataset):
-        """Decodes the given units, split across DataLoader workers by unit."""
-
-        def __init__(self, sources: Sources, unit_indices: list[int], resolution: int, batch_size: int, max_pixels: int):
-            self.sources, self.unit_indices = sources, unit_indices
-            self.resolution, self.batch_size, self.max_pixels = resolution, batch_size, max_pixels
-
-        def __iter__(self) -> Iterator[UnitBatch]:
-            info = torch.utils.data.get_worker_info()
-            mine = self.unit_indices if info is None else self.unit_indices[info.id :: info.num_workers]
-            for index in mine:
-                yield from decode_unit(self.sources.units[index], index, self.resolution, self.batch_size, self.max_pixels)
-
-    return _UnitStream
-
-
 def stream_batches(
     sources: Sources,
     resolution: int,
@@ -490,8 +471,12 @@ def stream_batches(
     workers: int = 2,
     unit_indices: Iterable[int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    multiprocessing_context: str | None = None,
 ) -> Iterator[UnitBatch]:
     """Decode `sources` (or the chosen units) in DataLoader workers, yielding `UnitBatch`es.
+
+    `multiprocessing_context` ("fork", "spawn", "forkserver" or None for the platform's default)
+    starts the workers; the dataset and its collate function pickle, so every method works.
 
     Memory stays flat: each worker holds at most one batch of one unit, and nothing is gathered.
     Units are split across workers, so batches of different units interleave; every unit ends with
@@ -499,17 +484,20 @@ def stream_batches(
     """
     import torch.utils.data
 
+    from ssl_guard.stream import UnitStream, keep_batch
+
     indices = list(range(len(sources))) if unit_indices is None else list(unit_indices)
     if not indices:
         return
-    dataset = _torch_iterable_dataset()(sources, indices, resolution, batch_size, max_pixels)
+    dataset = UnitStream(sources, indices, resolution, batch_size, max_pixels)
     workers = min(workers, len(indices))
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
         num_workers=workers,
-        collate_fn=lambda batch: batch,
+        collate_fn=keep_batch,
         prefetch_factor=2 if workers else None,
+        multiprocessing_context=multiprocessing_context if workers else None,
         persistent_workers=False,
     )
     yield from loader

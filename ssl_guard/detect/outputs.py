@@ -22,7 +22,6 @@ ASSETS = "report_assets"
 def write_outputs(run: RunFolder, sources, fingerprints, arrays: ScanArrays, detection: Detection, net, config, resolution: int, timings: dict, baseline) -> tuple[object, object]:
     """Write scores.csv, quarantine.json and the report; returns (Quarantine, Report)."""
     from ssl_guard.quarantine import Provenance, Quarantine, QuarantineEntry, config_hash
-    from ssl_guard.run import stable_hash
 
     detectors = detection.details.get("detector")
     if detectors is None or len(detectors) != len(arrays):
@@ -58,7 +57,7 @@ def write_outputs(run: RunFolder, sources, fingerprints, arrays: ScanArrays, det
     quarantine = quarantine.with_baseline(baseline)
     # outputs are derived from the recorded stages, so a resumed run rewrites them in place
     quarantine.write(run / "quarantine.json", overwrite=True)
-    report = build_report(run, sources, arrays, detection, quarantine, net, resolution, timings, stable_hash(config))
+    report = build_report(run, sources, arrays, detection, quarantine, net, resolution, timings, config_hash(config))
     report.write(run / "report.json")
     from ssl_guard.report.html import render_html
 

@@ -77,11 +77,21 @@ def scan(
 
     from ssl_guard.encoders import resolve_device
 
+    section = None
     try:
         config = ScanConfig(encoder=encoder, method=method, workers=workers, seed=seed, **overrides)
+        # the untyped sub-configs are checked now, not when their stage starts after the embed pass
+        from ssl_guard.detect.poisoncam import ClusterMaskingConfig
+        from ssl_guard.encoders.bootstrap import BootstrapConfig
+
+        section = "cluster"
+        ClusterMaskingConfig(**config.cluster)
+        section = "bootstrap"
+        BootstrapConfig(**{"resolution": config.resolution or 64, "seed": config.seed, "workers": config.workers, **config.bootstrap})
+        section = None
     except pydantic.ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where = ".".join(str(part) for part in ([section] if section and error.title != "ScanConfig" else []) + list(first["loc"]))
         raise ConfigError(f"invalid scan setting {where}: {first['msg']}", "see `ssl-guard scan --help`") from None
     sources = resolve_sources(list(data))
     if not sources.units:

@@ -5,9 +5,12 @@ persists these decisions so that later scans, `check`, `apply` and `GuardedDatas
 in the data instead of flagging it again. Each decision records who made it, when, and the score,
 detector and unit fingerprint it was made against, so that an audit can see what was waived.
 
-Decisions are keyed by the sample id `(source, key)`. A decision does not follow content: if the
-sample's shard is rewritten, the baseline still waives that id, which is why the unit fingerprint
-at review time is recorded (and reported by `stale_decisions`).
+Decisions are keyed by the sample id `(source, key)` and bound to the sample's own content: the
+sha256 of its stored bytes when it was reviewed (as a secrets baseline binds an entry to the hashed
+secret). If someone replaces a waived sample's bytes under the same key, the waiver no longer
+applies: the finding is back, and manifests list it under `waivers_not_applied`. A decision without
+a content hash (made before hashes were recorded) binds by id only when the finding has no hash
+either; against a hashed finding it does not apply (re-review it).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Decision(BaseModel):
     score: float | None = None
     detector: str | None = None
     unit_sha256: str | None = None  # fingerprint of the sample's unit when it was reviewed
+    sha256: str | None = None  # the sample's own content hash when it was reviewed
 
 
 class Baseline(BaseModel):
@@ -58,9 +62,26 @@ class Baseline(BaseModel):
             self._index = {(d.source, d.key): i for i, d in enumerate(self.decisions)}
         return self._index
 
-    def suppresses(self, source: str, key: str) -> bool:
-        """True when `(source, key)` was reviewed and marked a false positive."""
-        return (source, key) in self._by_id()
+    def decision(self, source: str, key: str) -> Decision | None:
+        index = self._by_id().get((source, key))
+        return None if index is None else self.decisions[index]
+
+    def suppresses(self, source: str, key: str, sha256: str | None = None) -> bool:
+        """True when `(source, key)` was marked a false positive for these bytes.
+
+        `sha256` is the finding's content hash (`QuarantineEntry.sha256`). The waiver applies when
+        both hashes are known and equal, or when neither is known (legacy id-only records).
+        """
+        decision = self.decision(source, key)
+        if decision is None:
+            return False
+        if decision.sha256 is None and sha256 is None:
+            return True
+        return decision.sha256 == sha256
+
+    def content_changed(self, source: str, key: str, sha256: str | None) -> bool:
+        """True when `(source, key)` has a waiver that does not apply to a finding with `sha256`."""
+        return self.decision(source, key) is not None and not self.suppresses(source, key, sha256)
 
     def __len__(self) -> int:
         return len(self.decisions)
@@ -74,6 +95,7 @@ class Baseline(BaseModel):
         score: float | None = None,
         detector: str | None = None,
         unit_sha256: str | None = None,
+        sha256: str | None = None,
     ) -> Decision:
         """Record (or update) a false-positive decision for `(source, key)`; returns it."""
         decision = Decision(
@@ -85,6 +107,7 @@ class Baseline(BaseModel):
             score=score,
             detector=detector,
             unit_sha256=unit_sha256,
+            sha256=sha256,
         )
         index = self._by_id().get((source, key))
         if index is None:

@@ -13,6 +13,7 @@ record with its id and reason, carried alongside the images so that it is counte
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import os
 import warnings
@@ -427,6 +428,12 @@ class UnitBatch:
     labels: list[str | None]
     skipped: list[Skipped] = field(default_factory=list)
     last: bool = False
+    digests: list[str] = field(default_factory=list)  # sha256 of each sample's stored bytes
+
+
+def sample_digest(data: bytes) -> str:
+    """The content hash a review decision is bound to: sha256 of the sample's stored image bytes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def decode_unit(unit: Unit, unit_index: int, resolution: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[UnitBatch]:
@@ -434,12 +441,13 @@ def decode_unit(unit: Unit, unit_index: int, resolution: int, batch_size: int, m
     ids: list[SampleId] = []
     arrays: list[np.ndarray] = []
     labels: list[str | None] = []
+    digests: list[str] = []
     skipped: list[Skipped] = []
 
     def flush(last: bool) -> UnitBatch:
         stacked = np.stack(arrays) if arrays else np.zeros((0, 3, resolution, resolution), np.uint8)
-        batch = UnitBatch(unit_index, list(ids), stacked, list(labels), list(skipped) if last else [], last)
-        ids.clear(), arrays.clear(), labels.clear()
+        batch = UnitBatch(unit_index, list(ids), stacked, list(labels), list(skipped) if last else [], last, list(digests))
+        ids.clear(), arrays.clear(), labels.clear(), digests.clear()
         return batch
 
     for raw in iter_raw_samples(unit):
@@ -454,6 +462,7 @@ def decode_unit(unit: Unit, unit_index: int, resolution: int, batch_size: int, m
         ids.append(raw.id)
         arrays.append(to_square_array(image, resolution))
         labels.append(raw.label)
+        digests.append(sample_digest(raw.data))
         if len(ids) == batch_size:
             yield flush(last=False)
     yield flush(last=True)

@@ -75,6 +75,7 @@ class QuarantineEntry(BaseModel):
     box: list[int] | None = None
     reason: str
     detector: str
+    sha256: str | None = None  # the sample's content hash at scan time (what a waiver is bound to)
 
     @property
     def id(self) -> tuple[str, str]:
@@ -97,6 +98,8 @@ class Quarantine(BaseModel):
     threshold: float | None
     entries: list[QuarantineEntry]
     suppressed: list[QuarantineEntry] = Field(default_factory=list)
+    # "source key" of findings whose review waiver was made for other bytes (not applied)
+    waivers_not_applied: list[str] = Field(default_factory=list)
 
     _ids: frozenset[tuple[str, str]] | None = PrivateAttr(default=None)
 
@@ -132,9 +135,11 @@ class Quarantine(BaseModel):
 
         if not isinstance(baseline, Baseline):
             baseline = Baseline.load(baseline)
-        kept = [e for e in self.entries if not baseline.suppresses(e.source, e.key)]
-        moved = [e for e in self.entries if baseline.suppresses(e.source, e.key)]
-        copy = self.model_copy(update={"entries": kept, "suppressed": [*self.suppressed, *moved]})
+        kept = [e for e in self.entries if not baseline.suppresses(e.source, e.key, e.sha256)]
+        moved = [e for e in self.entries if baseline.suppresses(e.source, e.key, e.sha256)]
+        # a waiver made for other bytes no longer applies: the finding stays, and the manifest says so
+        changed = [f"{e.source} {e.key}" for e in kept if baseline.content_changed(e.source, e.key, e.sha256)]
+        copy = self.model_copy(update={"entries": kept, "suppressed": [*self.suppressed, *moved], "waivers_not_applied": [*self.waivers_not_applied, *changed]})
         copy._ids = None  # model_copy carries the cached id set of the original
         return copy
 

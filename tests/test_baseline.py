@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from ssl_guard.baseline import Baseline
@@ -82,3 +83,60 @@ def test_review_refuses_an_id_that_is_not_a_finding(run, tmp_path, capsys):
     rc = main(["review", str(run_dir), "--false-positive", "shard-000000.tar", "nope", "--baseline", str(tmp_path / "b.json")])
     assert rc == 2 and "not a finding" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_a_waiver_follows_the_bytes_it_was_made_for(tmp_path, capsys):
+    """Waive a finding, replace the sample's bytes under the same name: the finding is back."""
+    from PIL import Image
+
+    from ssl_guard.guard import GuardedDataset
+    from tests.detect.planted import planted_patch_images
+
+    images, truth, _ = planted_patch_images(240, 30, seed=0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, pixels in enumerate(images):
+        Image.fromarray(pixels.transpose(1, 2, 0)).save(folder / f"img{i:03d}.png")
+    first = tmp_path / "scan-1"
+    assert main(["scan", str(folder), "--out", str(first), "--workers", "0", "--quiet"]) == 0
+    manifest = json.loads((first / "quarantine.json").read_text())
+    entry = manifest["entries"][0]
+    assert entry["sha256"] and len(entry["sha256"]) == 64
+    baseline = tmp_path / "baseline.json"
+    assert main(["review", str(first), "--false-positive", entry["source"], entry["key"], "--baseline", str(baseline), "--reviewer", "ana"]) == 0
+    assert Baseline.load(baseline).decisions[0].sha256 == entry["sha256"]
+
+    # the waiver holds for the same bytes
+    second = tmp_path / "scan-2"
+    main(["scan", str(folder), "--out", str(second), "--workers", "0", "--quiet", "--baseline", str(baseline)])
+    kept = json.loads((second / "quarantine.json").read_text())
+    assert (entry["source"], entry["key"]) in {(e["source"], e["key"]) for e in kept["suppressed"]}
+    assert (entry["source"], entry["key"]) not in {(e["source"], e["key"]) for e in kept["entries"]}
+
+    # the attack: other (poisoned) bytes under the waived name
+    waived = next(folder.rglob(entry["key"].split("/")[-1] + ".png"))
+    donor = next(p for p in sorted(folder.glob("*.png")) if p != waived and truth[int(p.stem[3:])])
+    pixels = np.asarray(Image.open(donor)).copy()
+    pixels[0, 0] = (pixels[0, 0].astype(int) + 1) % 256  # new bytes, still carrying the trigger
+    Image.fromarray(pixels).save(waived)
+    third = tmp_path / "scan-3"
+    capsys.readouterr()
+    assert main(["scan", str(folder), "--out", str(third), "--workers", "0", "--quiet", "--baseline", str(baseline)]) == 0
+    back = json.loads((third / "quarantine.json").read_text())
+    assert (entry["source"], entry["key"]) in {(e["source"], e["key"]) for e in back["entries"]}
+    assert back["waivers_not_applied"] == [f"{entry['source']} {entry['key']}"]
+    # the guard drops it too
+    class Files:
+        files = [str(p) for p in sorted(folder.rglob("*.png"))]
+
+        def __len__(self):
+            return len(self.files)
+
+        def __getitem__(self, i):
+            return self.files[i]
+
+    dataset = GuardedDataset(Files(), third / "quarantine.json", baseline=baseline)
+    assert str(waived) not in {dataset[i] for i in range(len(dataset))}
+    assert len(dataset) == 240 - len(back["entries"])
+    assert main(["check", str(folder), "--quarantine", str(third), "--baseline", str(baseline)]) == 1
+    assert "bytes changed since review" in capsys.readouterr().out + capsys.readouterr().err

@@ -33,9 +33,9 @@ def command(
     decisions = Baseline.load(baseline, missing_ok=True)
     if not false_positive or false_positive[0] is None:
         for entry in sorted(manifest.entries, key=lambda e: -e.score):
-            status = "false positive" if decisions.suppresses(entry.source, entry.key) else "open"
+            status = "false positive" if decisions.suppresses(entry.source, entry.key, entry.sha256) else ("open (waived bytes changed)" if decisions.content_changed(entry.source, entry.key, entry.sha256) else "open")
             typer.echo(f"{entry.source}\t{entry.key}\t{entry.score:.3f}\t{entry.detector}\t{status}")
-        typer.echo(f"{len(manifest.entries)} findings, {sum(decisions.suppresses(*e.id) for e in manifest.entries)} marked false positive in {baseline}", err=True)
+        typer.echo(f"{len(manifest.entries)} findings, {sum(decisions.suppresses(*e.id, e.sha256) for e in manifest.entries)} marked false positive in {baseline}", err=True)
         return
     findings = {entry.id: entry for entry in [*manifest.entries, *manifest.suppressed]}
     units = {u.name: u.sha256 for u in manifest.provenance.units}
@@ -43,6 +43,6 @@ def command(
     entry = findings.get((source, key))
     if entry is None:
         raise ManifestError(f"{source} {key} is not a finding of {quarantine}", "list the findings with `ssl-guard review RUN_DIR`")
-    decisions.mark_false_positive(source, key, note=note, reviewer=reviewer, score=entry.score, detector=entry.detector, unit_sha256=units.get(source))
+    decisions.mark_false_positive(source, key, note=note, reviewer=reviewer, score=entry.score, detector=entry.detector, unit_sha256=units.get(entry.source), sha256=entry.sha256)
     decisions.write(baseline)
     typer.echo(f"marked {source} {key} as a false positive in {baseline} ({len(decisions)} decisions in all)")

@@ -9,7 +9,7 @@ flat: one batch in flight per DataLoader worker, one unit at a time while assemb
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -39,6 +39,7 @@ class ScanArrays:
     images: np.ndarray
     embeddings: np.ndarray
     skipped: list[Skipped]
+    digests: list[str] = field(default_factory=list)  # sha256 of each sample's bytes ("" if unknown)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,10 +73,11 @@ def embed_units(
     pending: dict[int, dict[str, list]] = {}
     read = 0
     for batch in stream_batches(sources, resolution, batch_size, workers, todo, max_pixels):
-        part = pending.setdefault(batch.unit, {"ids": [], "labels": [], "images": [], "embeddings": [], "skipped": []})
+        part = pending.setdefault(batch.unit, {"ids": [], "labels": [], "digests": [], "images": [], "embeddings": [], "skipped": []})
         if len(batch.ids):
             part["ids"].extend(batch.ids)
             part["labels"].extend(label or "" for label in batch.labels)
+            part["digests"].extend(batch.digests)
             part["images"].append(batch.images)
             part["embeddings"].append(_embed_batch(encoder, batch.images, device))
             read += len(batch.ids)
@@ -98,6 +100,7 @@ def _write_unit(run: RunFolder, index: int, part: dict[str, list], resolution: i
         sources=np.array([i.source for i in part["ids"]], dtype=str),
         keys=np.array([i.key for i in part["ids"]], dtype=str),
         labels=np.array(part["labels"], dtype=str),
+        digests=np.array(part["digests"], dtype=str),
         images=images,
         embeddings=embeddings,
         skipped_sources=np.array([s.id.source for s in part["skipped"]], dtype=str),
@@ -123,13 +126,14 @@ def assemble(run: RunFolder, unit_count: int, resolution: int, dim: int) -> Scan
         images[at : at + k] = data["images"]
         embeddings[at : at + k] = data["embeddings"]
         unit_of_row[at : at + k] = index
-        rows.extend(zip(data["sources"].tolist(), data["keys"].tolist(), data["labels"].tolist()))
+        digests = data["digests"].tolist() if "digests" in data else [""] * k
+        rows.extend(zip(data["sources"].tolist(), data["keys"].tolist(), data["labels"].tolist(), digests))
         skipped.extend(Skipped(SampleId(s, k_), r) for s, k_, r in zip(data["skipped_sources"].tolist(), data["skipped_keys"].tolist(), data["skipped_reasons"].tolist()))
         at += k
     images.flush()
     embeddings.flush()
     del images, embeddings
-    write_csv(run / "samples.csv", ["row", "source", "key", "label", "unit"], ((i, s, k, lab, int(unit_of_row[i])) for i, (s, k, lab) in enumerate(rows)))
+    write_csv(run / "samples.csv", ["row", "source", "key", "label", "unit", "sha256"], ((i, s, k, lab, int(unit_of_row[i]), h) for i, (s, k, lab, h) in enumerate(rows)))
     write_csv(run / "skipped.csv", ["source", "key", "reason"], ((s.id.source, s.id.key, s.reason) for s in skipped))
     np.save(run / "units.npy", unit_of_row)
     return open_arrays(run)
@@ -152,4 +156,5 @@ def open_arrays(run: RunFolder) -> ScanArrays:
         images=images,
         embeddings=embeddings,
         skipped=skipped,
+        digests=[r.get("sha256") or "" for r in table],
     )

@@ -2,7 +2,7 @@
 
 Usage:
     nice -n 10 .venv/bin/python bench/bootstrap_backdoor.py bench/work/imagenette-patch-5pct --epochs 2
-        [--val ../shared/data/imagenette/val] [--triggered bench/work/imagenette-val-patch]
+        [--val DATA/imagenette/val] [--triggered bench/work/imagenette-val-patch]
         [--out bench/work/runs/bootstrap-backdoor-imagenette-patch-5pct-e2  (encoder in OUT/encoder)] [--measure-init]
         [--json results.json] [--width 32] [--resolution 64] [--crop-scale-min 0.2]
         [--jitter-strength 0.5] [--temperature 0.2] [--measure-every 1] [--max-minutes M]

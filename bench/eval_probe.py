@@ -1,7 +1,7 @@
 """Measure the backdoor's effect on an encoder with the triggered Imagenette validation splits.
 
 Usage:
-    nice -n 10 python bench/eval_probe.py ../shared/data/imagenette --encoder SPEC [--work bench/work]
+    nice -n 10 python bench/eval_probe.py DATA/imagenette --encoder SPEC [--work bench/work]
         [--splits imagenette-val-patch imagenette-val-blend imagenette-val-frequency] [--probe knn|linear]
         [--json out.json]
 

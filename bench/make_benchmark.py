@@ -1,7 +1,7 @@
 """Build the standard poisoning benchmark from Imagenette (the anchors' protocol, scaled down).
 
 Usage:
-    nice -n 10 python bench/make_benchmark.py ../shared/data/imagenette [--work bench/work] [--only NAME ...]
+    nice -n 10 python bench/make_benchmark.py DATA/imagenette [--work bench/work] [--only NAME ...]
 
 DATA is the Imagenette folder holding train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (224x224 photos);
 the HTBA triggers are read from DATA/../triggers-htba unless --triggers says otherwise.

@@ -1,7 +1,7 @@
 """Run `ssl-guard scan` on a benchmark variant, score it against its truth, print a RESULTS row.
 
     python bench/run_scan.py bench/work/imagenette-patch-1pct --method mine [--resolution 64]
-    python bench/run_scan.py ../shared/data/imagenette/train --name imagenette-clean --method mine
+    python bench/run_scan.py DATA/imagenette/train --name imagenette-clean --method mine
 
 A variant folder holds `shards/` and `truth.csv` (bench/make_benchmark.py); any other path is scanned
 as clean data (no truth: only the number flagged is reported). The scan runs in a child process

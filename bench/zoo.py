@@ -16,8 +16,8 @@ Seeds are split by decade: seeds 0-9, 20-29, 40-49, ... are the **dev** split (l
 
 Layout: bench/work/zoo/<condition>/<seed>/{shards/, truth.csv, spec.json}; scans go to
 bench/work/zoo-runs/<condition>-<seed>[-tag]/ and one JSON line per scan to
-bench/work/zoo-results.jsonl. Data is read from ../shared/data (Imagenette at 224 px, CIFAR-10
-shards) unless --data says otherwise.
+bench/work/zoo-results.jsonl. --data is the folder holding imagenette/{train,val} (224 px photos), cifar10-wds/ (CIFAR-10 shards)
+and triggers-htba/ (the published HTBA triggers).
 """
 
 from __future__ import annotations

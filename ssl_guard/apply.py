@@ -6,8 +6,9 @@ shards (and copies of folder images) holding everything but the quarantined samp
 built in a hidden folder beside `out` and renamed into place when complete, so a failed run leaves
 no half-cleaned dataset behind.
 
-Tar members are copied byte for byte with their headers: a kept sample is bit-identical to the
-input, and samples are grouped exactly as WebDataset groups them (`base_plus_ext`: the key is the
+Tar members are copied with their contents unchanged and their header fields (name, mode, owner,
+mtime) kept: a kept sample's bytes are identical to the input's. The shard file itself is written
+anew (tar headers re-serialised, a gzip stream re-compressed), so it is not byte-identical. Samples are grouped exactly as WebDataset groups them (`base_plus_ext`: the key is the
 member path up to the first dot of its file name).
 """
 

@@ -1,4 +1,6 @@
-"""Settings of the `scan` command, in one place: every default a scan uses lives here."""
+"""Settings of the `scan` command: the top-level defaults, and the typed sub-configs of each detector
+(`MineConfig` here; `ClusterMaskingConfig` and `BootstrapConfig` beside their code, validated
+before any stage runs)."""
 
 from __future__ import annotations
 

@@ -487,7 +487,8 @@ def stream_batches(
     `multiprocessing_context` ("fork", "spawn", "forkserver" or None for the platform's default)
     starts the workers; the dataset and its collate function pickle, so every method works.
 
-    Memory stays flat: each worker holds at most one batch of one unit, and nothing is gathered.
+    Decoding memory is bounded: each worker holds at most one batch of one unit (plus the loader's
+    prefetch), and nothing is gathered here (what later stages hold is measured in docs/scale.md).
     Units are split across workers, so batches of different units interleave; every unit ends with
     one `last` batch.
     """

@@ -4,10 +4,11 @@ Layout of RUN_DIR:
 
     run.json            state: config, data units and fingerprints, encoder, finished stages
     encoder/            the bootstrapped encoder (--encoder bootstrap)
-    units/NNNNNN.npz    embed stage output per data unit (ids, labels, images, embeddings, skipped)
-    samples.csv         row, source, key, label, unit: the row order of every array below
-    images.u8           (N, 3, R, R) uint8 memmap: the scan-resolution image cache
-    embeddings.f16      (N, D) float16 memmap: L2-normalised embeddings
+    units/NNNNNN.npz    embed stage output per data unit (ids, labels, digests, images, embeddings, skipped)
+    samples.csv         row, source, key, label, unit, sha256: the row order of every array below
+    images.u8.npy       (N, 3, R, R) uint8 memmap: the scan-resolution image cache
+    embeddings.f16.npy  (N, D) float16 memmap: L2-normalised embeddings
+    units.npy           (N,) int32 data unit of each row
     skipped.csv         source, key, reason of every sample that could not be read
     semantic.npy        (N,) int32 k-means cluster of each embedding
     detect-<method>.npz a detector's scores, flags and boxes

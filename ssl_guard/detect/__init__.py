@@ -1,1 +1,1 @@
-"""Detection: embed, cluster, localize, score, classify and decide (DESIGN §2)."""
+"""Detection: embed, cluster, localize, score, classify and decide (docs/architecture.md)."""

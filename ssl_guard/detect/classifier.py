@@ -1,4 +1,4 @@
-"""Classify-all stage (DESIGN §2 step 6): the poison classifier of PatchSearch (CVPR 2023, §3.5).
+"""Classify-all stage (stage 6, docs/architecture.md): the poison classifier of PatchSearch (CVPR 2023, §3.5).
 
 The search scores only a few images per cluster. To reach every image, small CNNs learn "does
 this image carry a bank trigger": positives are ordinary images with a bank window pasted in at a

@@ -1,4 +1,4 @@
-"""Cluster stage (DESIGN §2 step 3): faiss spherical k-means over the embeddings and the cluster head.
+"""Cluster stage (stage 3, docs/architecture.md): faiss spherical k-means over the embeddings and the cluster head.
 
 The "cluster model" of PoisonCAM (arXiv 2312.07955, §3) and PatchSearch (CVPR 2023, §3.1) is the
 encoder followed by cosine similarity to the k-means centroids; a temperature softmax over those

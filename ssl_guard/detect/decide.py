@@ -1,4 +1,4 @@
-"""Decide stage (DESIGN §2 step 7): a calibrated threshold and the prevalence guard.
+"""Decide stage (stage 7, docs/architecture.md): a calibrated threshold and the prevalence guard.
 
 The classifier's probabilities are not calibrated by themselves (its positives are synthetic). The
 threshold is therefore set on held-out images the classifier never trained on: the same images

@@ -1,4 +1,4 @@
-"""Score stage (DESIGN §2 step 5): the flip test of PatchSearch (CVPR 2023, §3.3).
+"""Score stage (stage 5, docs/architecture.md): the flip test of PatchSearch (CVPR 2023, §3.3).
 
 A candidate window cut from an image of cluster c is pasted at an independent random spot onto
 each reference image (the images nearest the centroids); the share of references from other

@@ -1,4 +1,4 @@
-"""Localize stage (DESIGN §2 step 4): cluster activation masking (PoisonCAM, arXiv 2312.07955, §3).
+"""Localize stage (stage 4, docs/architecture.md): cluster activation masking (PoisonCAM, arXiv 2312.07955, §3).
 
 For an image x of cluster c, every window of a grid (a few sizes, one stride) is occluded in turn
 and the drop of the cluster activation p(c | x) is measured. The per-pixel mean drop over the
@@ -33,7 +33,7 @@ def default_windows(resolution: int) -> list[float]:
     """Window sides as fractions of the image side: 1/8 and 1/4 of it, each at least 4 px.
 
     Patch triggers in the SSL backdoor literature span 10-22% of the side after the usual resize
-    (ANCHORS: a 50 px trigger on ~500 px photos, up to 22% of a 224 crop), so one window smaller
+    (the SSL-Backdoor protocol: a 50 px trigger on ~500 px photos, up to 22% of a 224 crop), so one window smaller
     and one larger than that bracket them at any resolution.
     """
     sides = sorted({max(MIN_WINDOW_PX, round(resolution * f)) for f in (1 / 8, 1 / 4)})

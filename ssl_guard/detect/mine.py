@@ -597,7 +597,7 @@ def calibrate(host_residuals: np.ndarray, sample_residuals: np.ndarray, ceiling:
 
 
 def prevalence_guard(flagged: np.ndarray, which: np.ndarray, patterns: int, limit: float) -> tuple[np.ndarray, list[float], list[str]]:
-    """Unflag the samples of any pattern found in more than `limit` of the data (DESIGN §2.7).
+    """Unflag the samples of any pattern found in more than `limit` of the data (the decide stage, docs/architecture.md).
 
     A "trigger" carried by a large share of a dataset is a property of the data (a watermark, a
     frame, a logo), not a poison: it is reported, and quarantining half the data is left to a

@@ -1,4 +1,4 @@
-"""`scan`: the whole guard, top to bottom (DESIGN §2).
+"""`scan`: the whole guard, top to bottom (docs/architecture.md).
 
     sources ─► encoder ─► embed (per unit, resumable) ─► assemble ─► semantic clusters
             ─► detectors (mine; poisoncam / patchsearch with a trained threat model) ─► combine

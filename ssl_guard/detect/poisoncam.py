@@ -1,6 +1,6 @@
 """Cluster-activation detectors: PoisonCAM (arXiv 2312.07955) and the PatchSearch baseline (CVPR 2023).
 
-`detect_clusters` runs DESIGN §2 steps 3-7 on embeddings the pipeline has already computed:
+`detect_clusters` runs stages 3-7 of the pipeline (docs/architecture.md) on embeddings the pipeline has already computed:
 
     cluster (cluster.py) -> search: localize (masking.py | gradcam.py) + flip test (flip.py),
     pruned cluster by cluster (search.py) -> classify all (classifier.py) -> decide (decide.py)

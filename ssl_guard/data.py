@@ -429,6 +429,7 @@ class UnitBatch:
     skipped: list[Skipped] = field(default_factory=list)
     last: bool = False
     digests: list[str] = field(default_factory=list)  # sha256 of each sample's stored bytes
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of each decoded photo
 
 
 def sample_digest(data: bytes) -> str:
@@ -442,12 +443,13 @@ def decode_unit(unit: Unit, unit_index: int, resolution: int, batch_size: int, m
     arrays: list[np.ndarray] = []
     labels: list[str | None] = []
     digests: list[str] = []
+    sizes: list[tuple[int, int]] = []
     skipped: list[Skipped] = []
 
     def flush(last: bool) -> UnitBatch:
         stacked = np.stack(arrays) if arrays else np.zeros((0, 3, resolution, resolution), np.uint8)
-        batch = UnitBatch(unit_index, list(ids), stacked, list(labels), list(skipped) if last else [], last, list(digests))
-        ids.clear(), arrays.clear(), labels.clear(), digests.clear()
+        batch = UnitBatch(unit_index, list(ids), stacked, list(labels), list(skipped) if last else [], last, list(digests), list(sizes))
+        ids.clear(), arrays.clear(), labels.clear(), digests.clear(), sizes.clear()
         return batch
 
     for raw in iter_raw_samples(unit):
@@ -463,6 +465,7 @@ def decode_unit(unit: Unit, unit_index: int, resolution: int, batch_size: int, m
         arrays.append(to_square_array(image, resolution))
         labels.append(raw.label)
         digests.append(sample_digest(raw.data))
+        sizes.append(image.size)
         if len(ids) == batch_size:
             yield flush(last=False)
     yield flush(last=True)

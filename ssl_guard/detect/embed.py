@@ -40,6 +40,7 @@ class ScanArrays:
     embeddings: np.ndarray
     skipped: list[Skipped]
     digests: list[str] = field(default_factory=list)  # sha256 of each sample's bytes ("" if unknown)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # each photo's own (width, height); (0, 0) if unknown
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -73,11 +74,12 @@ def embed_units(
     pending: dict[int, dict[str, list]] = {}
     read = 0
     for batch in stream_batches(sources, resolution, batch_size, workers, todo, max_pixels):
-        part = pending.setdefault(batch.unit, {"ids": [], "labels": [], "digests": [], "images": [], "embeddings": [], "skipped": []})
+        part = pending.setdefault(batch.unit, {"ids": [], "labels": [], "digests": [], "sizes": [], "images": [], "embeddings": [], "skipped": []})
         if len(batch.ids):
             part["ids"].extend(batch.ids)
             part["labels"].extend(label or "" for label in batch.labels)
             part["digests"].extend(batch.digests)
+            part["sizes"].extend(batch.sizes)
             part["images"].append(batch.images)
             part["embeddings"].append(_embed_batch(encoder, batch.images, device))
             read += len(batch.ids)
@@ -101,6 +103,7 @@ def _write_unit(run: RunFolder, index: int, part: dict[str, list], resolution: i
         keys=np.array([i.key for i in part["ids"]], dtype=str),
         labels=np.array(part["labels"], dtype=str),
         digests=np.array(part["digests"], dtype=str),
+        sizes=np.array(part["sizes"], dtype=np.int64).reshape(-1, 2),
         images=images,
         embeddings=embeddings,
         skipped_sources=np.array([s.id.source for s in part["skipped"]], dtype=str),
@@ -127,13 +130,18 @@ def assemble(run: RunFolder, unit_count: int, resolution: int, dim: int) -> Scan
         embeddings[at : at + k] = data["embeddings"]
         unit_of_row[at : at + k] = index
         digests = data["digests"].tolist() if "digests" in data else [""] * k
-        rows.extend(zip(data["sources"].tolist(), data["keys"].tolist(), data["labels"].tolist(), digests))
+        sizes = data["sizes"].tolist() if "sizes" in data else [[0, 0]] * k
+        rows.extend(zip(data["sources"].tolist(), data["keys"].tolist(), data["labels"].tolist(), digests, sizes))
         skipped.extend(Skipped(SampleId(s, k_), r) for s, k_, r in zip(data["skipped_sources"].tolist(), data["skipped_keys"].tolist(), data["skipped_reasons"].tolist()))
         at += k
     images.flush()
     embeddings.flush()
     del images, embeddings
-    write_csv(run / "samples.csv", ["row", "source", "key", "label", "unit", "sha256"], ((i, s, k, lab, int(unit_of_row[i]), h) for i, (s, k, lab, h) in enumerate(rows)))
+    write_csv(
+        run / "samples.csv",
+        ["row", "source", "key", "label", "unit", "sha256", "width", "height"],
+        ((i, s, k, lab, int(unit_of_row[i]), h, int(wh[0]), int(wh[1])) for i, (s, k, lab, h, wh) in enumerate(rows)),
+    )
     write_csv(run / "skipped.csv", ["source", "key", "reason"], ((s.id.source, s.id.key, s.reason) for s in skipped))
     np.save(run / "units.npy", unit_of_row)
     return open_arrays(run)
@@ -157,4 +165,5 @@ def open_arrays(run: RunFolder) -> ScanArrays:
         embeddings=embeddings,
         skipped=skipped,
         digests=[r.get("sha256") or "" for r in table],
+        sizes=[(int(r.get("width") or 0), int(r.get("height") or 0)) for r in table],
     )

@@ -58,7 +58,7 @@ def write_outputs(run: RunFolder, sources, fingerprints, arrays: ScanArrays, det
     quarantine = quarantine.with_baseline(baseline)
     # outputs are derived from the recorded stages, so a resumed run rewrites them in place
     quarantine.write(run / "quarantine.json", overwrite=True)
-    report = build_report(run, sources, arrays, detection, quarantine, net, resolution, timings, config_hash(config))
+    report = build_report(run, sources, arrays, detection, quarantine, net, resolution, timings, config_hash(config), getattr(config, "top_suspects", 24))
     report.write(run / "report.json")
     from ssl_guard.report.html import render_html
 
@@ -72,16 +72,27 @@ def _reason(detection: Detection, row: int, detector: str) -> str:
     return f"{detector}: poison score {float(detection.scores[row]):.3f} above the threshold {detection.threshold:.3f}"
 
 
-def build_report(run: RunFolder, sources, arrays: ScanArrays, detection: Detection, quarantine, net, resolution: int, timings: dict, config_hash: str):
-    """report.json's model, with thumbnails of the top suspects and the bank written as PNGs."""
+def photo_box(box: list[int] | None, size: tuple[int, int], resolution: int) -> list[int] | None:
+    """A scan-resolution box `[x0, y0, x1, y1]` in the photo's own pixels (rounded outwards)."""
+    width, height = size
+    if box is None or width <= 0 or height <= 0:
+        return None
+    sx, sy = width / resolution, height / resolution
+    x0, y0, x1, y1 = box
+    return [int(np.floor(x0 * sx)), int(np.floor(y0 * sy)), min(width, int(np.ceil(x1 * sx))), min(height, int(np.ceil(y1 * sy)))]
+
+
+def build_report(run: RunFolder, sources, arrays: ScanArrays, detection: Detection, quarantine, net, resolution: int, timings: dict, config_hash: str, top_suspects: int = 24):
+    """report.json's model: the top `top_suspects` as gallery cards (thumbnails written as PNGs),
+    every flagged sample as a table row, and the bank."""
     from ssl_guard.report.images import draw_box, histogram, overlay_map, save_png
-    from ssl_guard.report.schema import BankPattern, Report, SkippedSample, StageTiming, Suspect
+    from ssl_guard.report.schema import BankPattern, FlaggedSample, Report, SkippedSample, StageTiming, Suspect
 
     assets = run / ASSETS
     assets.mkdir(exist_ok=True)
     suppressed = {(e.source, e.key) for e in quarantine.suppressed}
     detectors = detection.details.get("detector")
-    order = np.argsort(-detection.scores, kind="stable")[: 24]
+    order = np.argsort(-detection.scores, kind="stable")[:top_suspects]
     suspects = []
     for rank, row in enumerate(order.tolist()):
         image = np.asarray(arrays.images[row])
@@ -105,6 +116,22 @@ def build_report(run: RunFolder, sources, arrays: ScanArrays, detection: Detecti
             image=_rel(run, thumb),
             overlay=_rel(run, overlay) if overlay else None,
             trigger=_rel(run, trigger) if trigger else None,
+        ))
+    flagged_rows = []
+    sizes = arrays.sizes if len(arrays.sizes) == len(arrays) else [(0, 0)] * len(arrays)
+    for row in np.nonzero(detection.flagged)[0][np.argsort(-detection.scores[detection.flagged], kind="stable")].tolist():
+        identity = arrays.ids[row]
+        box = [int(v) for v in detection.boxes[row]] if detection.boxes[row][0] >= 0 else None
+        size = tuple(int(v) for v in sizes[row])
+        flagged_rows.append(FlaggedSample(
+            source=identity.source,
+            key=identity.key,
+            score=float(detection.scores[row]),
+            detector=str(detectors[row]) if detectors is not None else detection.method,
+            box=box,
+            box_photo=photo_box(box, size, resolution),
+            photo_size=list(size) if size[0] > 0 else None,
+            waived=(identity.source, identity.key) in suppressed,
         ))
     bank = []
     for i, pattern in enumerate(detection.bank):
@@ -146,6 +173,7 @@ def build_report(run: RunFolder, sources, arrays: ScanArrays, detection: Detecti
         warnings=warnings,
         stages=stages,
         suspects=suspects,
+        flagged=flagged_rows,
         bank=bank,
         histogram=histogram(np.asarray(detection.scores, np.float64), float(detection.threshold) if np.isfinite(detection.threshold) else None),
         skipped=[SkippedSample(source=s.id.source, key=s.id.key, reason=s.reason) for s in arrays.skipped],

@@ -61,7 +61,7 @@ def print_summary(report: Report, console: Console | None = None, top: int = 10)
     if r.suspects:
         shown = r.suspects[:top]
         suspects = Table(
-            title=f"Top suspects ({len(shown)} of {len(r.suspects)})", title_justify="left", show_edge=False
+            title=f"Top suspects: {len(shown)} shown of {r.n_flagged} flagged (all of them: report.html, table 'All flagged')", title_justify="left", show_edge=False
         )
         suspects.add_column("#", justify="right", style="dim")
         suspects.add_column("source")
@@ -74,7 +74,7 @@ def print_summary(report: Report, console: Console | None = None, top: int = 10)
                 str(rank),
                 Text(s.source, overflow="fold"),
                 Text(s.key, overflow="fold"),
-                format_number(s.score),
+                f"{s.score:.3f}",
                 Text(s.detector),
                 Text("yes", style="bold red") if s.flagged else Text("no", style="dim"),
             )

@@ -71,6 +71,7 @@ class _Page:
                 self.warnings(),
                 self.nav(),
                 self.suspects(),
+                self.flagged_table(),
                 self.bank(),
                 self.scores(),
                 self.stages(),
@@ -85,8 +86,9 @@ class _Page:
             '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             # Nothing may be fetched: the report must open offline and cannot be made to phone home.
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">\n"
-            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+            # The one script (sorting and filtering the flagged table) is allowed by its hash only.
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src '{_script_hash()}'\">\n"
+            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n<script>{_TABLE_JS}</script>\n</body>\n</html>\n"
         )
 
     def header(self) -> str:
@@ -146,6 +148,7 @@ class _Page:
         r = self.report
         links = [
             ("suspects", "Top suspects", len(r.suspects)),
+            ("flagged", "All flagged", len(r.flagged)),
             ("bank", "Trigger bank", len(r.bank)),
             ("scores", "Scores", None),
             ("stages", "Timings", None),
@@ -162,7 +165,7 @@ class _Page:
     def suspects(self) -> str:
         r = self.report
         head = (
-            '<h2>Top suspects <span class="count">' + _int(len(r.suspects)) + "</span></h2>\n"
+            '<h2>Top suspects <span class="count">' + _e(f"{len(r.suspects)} shown of {r.n_flagged} flagged") + "</span></h2>\n"
             '<p class="lead">Highest poison scores first. Each card shows the sample at scan resolution with '
             "its localized trigger box, the activation map over it (brighter = stronger evidence there: for "
             "<code>mine</code>, a closer match to a trigger-bank pattern; for <code>poisoncam</code>, a larger "
@@ -172,6 +175,38 @@ class _Page:
             return f'<section id="suspects">\n{head}\n<p class="empty">No suspects: no sample scored high enough to show.</p>\n</section>'
         cards = "\n".join(self.suspect_card(rank, s) for rank, s in enumerate(r.suspects, 1))
         return f'<section id="suspects">\n{head}\n<div class="gallery">\n{cards}\n</div>\n</section>'
+
+    def flagged_table(self) -> str:
+        """Every flagged sample in one table: sortable by any column (click its header), filterable."""
+        r = self.report
+        waived = sum(f.waived for f in r.flagged)
+        head = (
+            f'<h2>All flagged samples <span class="count">{_e(f"{len(r.flagged)} of {r.n_samples} samples")}</span></h2>\n'
+            '<p class="lead">Every sample a detector flagged, highest score first'
+            + (f"; {waived} kept in the data by the reviewed baseline (waived)" if waived else "")
+            + ". Boxes are <code>x0, y0, x1, y1</code> (exclusive end) at the scan's resolution and in the photo's own pixels. "
+            "Click a column header to sort; type to filter.</p>"
+        )
+        if not r.flagged:
+            return f'<section id="flagged">\n{head}\n<p class="empty">No sample was flagged.</p>\n</section>'
+
+        def box(b):
+            return "" if b is None else ", ".join(str(v) for v in b)
+
+        rows = "\n".join(
+            f'<tr><td>{i}</td><td>{_e(f.source)}</td><td>{_e(f.key)}</td><td data-v="{f.score:.6f}">{f.score:.3f}</td>'
+            f"<td>{_e(f.detector)}</td><td>{_e(box(f.box))}</td><td>{_e(box(f.box_photo))}</td>"
+            f'<td>{_e("" if f.photo_size is None else f"{f.photo_size[0]}x{f.photo_size[1]}")}</td><td>{"yes" if f.waived else ""}</td></tr>'
+            for i, f in enumerate(r.flagged, 1)
+        )
+        columns = ["#", "source", "key", "score", "detector", "box (scan px)", "box (photo px)", "photo size", "waived"]
+        header = "".join(f'<th data-col="{c}" class="sortable">{_e(name)}</th>' for c, name in enumerate(columns))
+        return (
+            f'<section id="flagged">\n{head}\n'
+            f'<p><input id="flagged-filter" type="search" placeholder="filter by source, key or detector" aria-label="filter flagged samples"> '
+            f'<span id="flagged-shown">{len(r.flagged)} of {len(r.flagged)} rows</span></p>\n'
+            f'<table id="flagged-table" class="flagged"><thead><tr>{header}</tr></thead>\n<tbody>\n{rows}\n</tbody></table>\n</section>'
+        )
 
     def suspect_card(self, rank: int, s: Suspect) -> str:
         box_div = ""
@@ -192,7 +227,7 @@ class _Page:
             f'<div class="key" title="{_e(full_id)}">{_e(s.key)}</div>\n'
             f'<div class="source" title="{_e(full_id)}">{_e(s.source)}</div>\n'
             '<dl class="facts">'
-            f"<div><dt>score</dt><dd>{_e(format_number(s.score))}</dd></div>"
+            f"<div><dt>score</dt><dd>{s.score:.3f}</dd></div>"
             f"<div><dt>detector</dt><dd>{_e(s.detector)}</dd></div>"
             f"<div><dt>box</dt><dd>{_e(box)}</dd></div>"
             "</dl></div>\n</article>"
@@ -481,7 +516,50 @@ def format_seconds(s: float) -> str:
     return f"{int(hours)} h {int(minutes):02d} min"
 
 
+# Sorting and filtering of the flagged table; the page's CSP allows exactly this script by its hash.
+_TABLE_JS = """
+(function () {
+  var table = document.getElementById("flagged-table");
+  if (!table) return;
+  var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+  var filter = document.getElementById("flagged-filter"), shown = document.getElementById("flagged-shown");
+  var state = {col: -1, dir: 1};
+  function value(row, col) {
+    var cell = row.cells[col], v = cell.getAttribute("data-v") || cell.textContent;
+    var n = parseFloat(v);
+    return isNaN(n) || col === 1 || col === 2 || col === 4 ? v.toLowerCase() : n;
+  }
+  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+    th.addEventListener("click", function () {
+      state.dir = state.col === col ? -state.dir : (col === 3 ? -1 : 1);
+      state.col = col;
+      rows.sort(function (a, b) { var x = value(a, col), y = value(b, col); return x < y ? -state.dir : x > y ? state.dir : 0; });
+      rows.forEach(function (r) { body.appendChild(r); });
+      Array.prototype.forEach.call(table.tHead.rows[0].cells, function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", state.dir > 0 ? "ascending" : "descending");
+    });
+  });
+  filter.addEventListener("input", function () {
+    var q = filter.value.toLowerCase(), n = 0;
+    rows.forEach(function (r) { var hit = r.textContent.toLowerCase().indexOf(q) >= 0; r.hidden = !hit; if (hit) n++; });
+    shown.textContent = n + " of " + rows.length + " rows";
+  });
+})();
+"""
+
+
+def _script_hash() -> str:
+    import base64
+    import hashlib
+
+    return "sha256-" + base64.b64encode(hashlib.sha256(_TABLE_JS.encode()).digest()).decode()
+
+
 _CSS = """
+table.flagged{border-collapse:collapse;width:100%;font-size:13px;background:var(--card)}
+table.flagged th,table.flagged td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;font-family:var(--mono)}
+table.flagged th.sortable{cursor:pointer;user-select:none}table.flagged th[aria-sort]{color:var(--accent)}
+#flagged-filter{padding:4px 8px;min-width:20em}
 :root{--bg:#f6f7f9;--card:#fff;--ink:#1d2330;--muted:#5d6678;--line:#dfe3ea;--accent:#3557c4;
 --good:#1a7f37;--bad:#c62a2f;--warn:#a86b00;--bar:#7d8db3;--hot:#d83a3f;--frame:#eef0f4;
 --mono:ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace}

@@ -119,6 +119,24 @@ class Histogram(_Model):
         return self
 
 
+class FlaggedSample(_Model):
+    """One flagged sample (every one, not only the gallery's): the report's table row.
+
+    `box` is in scan-resolution pixels; `box_photo` the same box in the photo's own pixels
+    (`x0, y0, x1, y1`, exclusive end), None when the photo's size is unknown or there is no box.
+    `waived` is True for a flagged sample that a reviewed baseline keeps in the data.
+    """
+
+    source: str
+    key: str
+    score: float
+    detector: str
+    box: list[int] | None = None
+    box_photo: list[int] | None = None
+    photo_size: list[int] | None = None
+    waived: bool = False
+
+
 class Report(_Model):
     """Everything a finished scan reports. Written once per run as `RUN_DIR/report.json`."""
 
@@ -145,6 +163,7 @@ class Report(_Model):
 
     stages: list[StageTiming] = Field(default_factory=list)
     suspects: list[Suspect] = Field(default_factory=list)
+    flagged: list[FlaggedSample] = Field(default_factory=list)
     bank: list[BankPattern] = Field(default_factory=list)
     histogram: Histogram
     skipped: list[SkippedSample] = Field(default_factory=list)

@@ -33,7 +33,7 @@ def test_summary_shows_verdict_numbers_stages_and_suspects(run_folder):
 def test_summary_lists_only_the_top_suspects(run_folder):
     report = Report.load(run_folder)
     text = _printed(report, top=3)
-    assert "Top suspects (3 of 9)" in text
+    assert f"Top suspects: 3 shown of {report.n_flagged} flagged" in text
     assert report.suspects[2].key in text and report.suspects[3].key not in text
 
 

@@ -48,8 +48,13 @@ def test_page_holds_every_suspect_and_pattern(run_folder):
 
 
 def test_hostile_keys_are_escaped(run_folder):
+    from ssl_guard.report import html
+
     page = render_html(run_folder).read_text()
-    assert "<script" not in page.lower()
+    # the only script is the report's own table script, allowed by its hash in the CSP
+    assert page.lower().count("<script") == 1 and f"<script>{html._TABLE_JS}</script>" in page
+    policy = re.search(r"script-src ([^;\"]*)", page).group(1)
+    assert policy.strip() == f"'{html._script_hash()}'"  # no 'unsafe-inline' for scripts
     assert page.count("&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt;") >= 2  # gallery and skipped list
 
 
@@ -224,3 +229,35 @@ def _escaped(text: str) -> str:
     import html
 
     return html.escape(text, quote=True)
+
+
+def test_every_flagged_sample_is_in_the_table_with_photo_boxes(tmp_path):
+    """The gallery shows the top few; the table lists every flagged sample, with boxes in the
+    photo's own pixels (photos stored at 128 px, scanned at 64 px: boxes double)."""
+    import json
+
+    from PIL import Image
+
+    from ssl_guard.cli import main
+    from tests.detect.planted import planted_patch_images
+
+    images, truth, _ = planted_patch_images(240, 30, seed=0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, pixels in enumerate(images):
+        Image.fromarray(pixels.transpose(1, 2, 0)).resize((128, 128), Image.NEAREST).save(folder / f"img{i:03d}.png")
+    run = tmp_path / "run"
+    assert main(["scan", str(folder), "--out", str(run), "--workers", "0", "--quiet", "--resolution", "64"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["n_flagged"] == 30 and len(report["flagged"]) == 30
+    scores = [f["score"] for f in report["flagged"]]
+    assert scores == sorted(scores, reverse=True)
+    for row in report["flagged"]:
+        assert row["photo_size"] == [128, 128]
+        assert row["box_photo"] == [2 * v for v in row["box"]]
+    page = (run / "report.html").read_text()
+    table = page[page.index('id="flagged-table"') :]
+    table = table[: table.index("</table>")]
+    assert table.count("<tr><td>") == 30
+    assert f"{report['flagged'][0]['score']:.3f}" in table
+    assert f"{len(report['suspects'])} shown of 30 flagged" in page

@@ -164,8 +164,11 @@ def build(spec: Spec, data: Path, folder: Path) -> Path:
         src = rng.choice(n, int(spec.near_duplicates * n), replace=False)
         dst = rng.choice(np.setdiff1d(np.arange(n), src), len(src), replace=False)
         dup_of = {int(d): int(s) for s, d in zip(src, dst)}
-    staging = folder / ".partial"
-    (staging / "shards").mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    staging = folder / f".partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "shards").mkdir(parents=True)
     rows, writer, order = [], None, rng.permutation(n)
     for rank, i in enumerate(order):
         if rank % 1000 == 0:
@@ -203,6 +206,7 @@ def build(spec: Spec, data: Path, folder: Path) -> Path:
     writer.close()
     write_truth(staging / "truth.csv", rows)
     (staging / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
+    shutil.rmtree(folder / "shards", ignore_errors=True)  # an unfinished earlier build (no truth.csv)
     for name in ("shards", "spec.json", "truth.csv"):  # truth last: its presence marks a finished build
         os.replace(staging / name, folder / name)
     staging.rmdir()
@@ -227,7 +231,7 @@ def run_one(spec: Spec, data: Path, extra: list[str], tag: str) -> dict:
     run = WORK / "zoo-runs" / f"{spec.condition}-{spec.seed}{'-' + tag if tag else ''}"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     clock = time.perf_counter()
-    if not (run / "scores.csv").is_file():
+    if not (run / "report.json").is_file():  # the last output a scan writes
         if run.exists():
             import shutil
 
@@ -316,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows = [json.loads(line) for line in open(args.results)]
         rows = [r for r in rows if "error" not in r and r["split"] == args.split and (r.get("tag", "") == args.tag)]
-        latest = {r["name"]: r for r in rows}
+        latest: dict[str, dict] = {}
+        for r in rows:  # the last row of each dataset, with the CPU time of the run that scanned it
+            cpu = max(r.get("cpu_min") or 0.0, (latest.get(r["name"]) or {}).get("cpu_min") or 0.0)
+            latest[r["name"]] = {**r, "cpu_min": cpu}
         print(table(list(latest.values())))
     return 0
 

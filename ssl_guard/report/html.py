@@ -524,6 +524,7 @@ _TABLE_JS = """
   var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
   var filter = document.getElementById("flagged-filter"), shown = document.getElementById("flagged-shown");
   var state = {col: -1, dir: 1};
+  table.classList.add("js");  // marks a page whose script ran (the CSP hash matched)
   function value(row, col) {
     var cell = row.cells[col], v = cell.getAttribute("data-v") || cell.textContent;
     var n = parseFloat(v);

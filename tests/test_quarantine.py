@@ -156,7 +156,7 @@ def test_manifest_is_plain_json_with_the_required_fields(shards, tmp_path):
     raw = json.loads((tmp_path / "q.json").read_text())
     assert set(raw) >= {"schema_version", "provenance", "n_scanned", "n_skipped", "threshold", "entries"}
     assert set(raw["provenance"]) >= {"tool_version", "created", "method", "encoder", "encoder_revision", "config_hash", "root", "units"}
-    assert raw["entries"][0] == {"source": "shard-000000.tar", "key": "a", "score": 0.9, "box": [1, 2, 10, 12], "reason": "recurring patch", "detector": "mine"}
+    assert raw["entries"][0] == {"source": "shard-000000.tar", "key": "a", "score": 0.9, "box": [1, 2, 10, 12], "reason": "recurring patch", "detector": "mine", "sha256": None}
 
 
 # -- coverage (the light pre-commit check) ----------------------------------------------------

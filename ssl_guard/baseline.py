@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from ssl_guard.errors import ManifestError
+from ssl_guard.errors import ManifestError, validation_summary
 
 SCHEMA_VERSION = 1
 DEFAULT_BASELINE = ".ssl-guard-baseline.json"
@@ -143,12 +143,12 @@ class Baseline(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as error:
-            first = error.errors()[0]
-            raise ManifestError(f"baseline {path} is invalid: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+            where, message = validation_summary(error)
+            raise ManifestError(f"baseline {path} is invalid: {where}: {message}") from None
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the baseline atomically (it is updated in place by design: decisions accumulate)."""
-        from ssl_guard.quarantine import write_text_atomic
+        from ssl_guard.atomic import write_text_atomic
 
         return write_text_atomic(path, self.model_dump_json(indent=2) + "\n")
 

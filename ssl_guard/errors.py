@@ -99,3 +99,13 @@ class UncoveredDataError(ManifestError):
 
 class UnscannedSourceError(GuardError):
     """A training sample from a shard or file that the quarantine's scan never saw."""
+
+
+def validation_summary(error, prefix: tuple = (), default: str = "(top level)") -> tuple[str, str]:
+    """`(where, message)` of a pydantic `ValidationError`'s first error: the one line the CLI shows.
+
+    `where` is the dotted field path (after `prefix`), `default` when the error has no location.
+    """
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in (*prefix, *first.get("loc", ()))) or default
+    return where, str(first["msg"])

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from ssl_guard.atomic import write_text_atomic
-from ssl_guard.errors import ManifestError, StaleManifestError
+from ssl_guard.errors import ManifestError, StaleManifestError, validation_summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from ssl_guard.baseline import Baseline
@@ -209,9 +209,8 @@ class Quarantine(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ManifestError(f"{path} is not a valid manifest: {where}: {first['msg']}", "was it edited by hand?") from None
+            where, message = validation_summary(error)
+            raise ManifestError(f"{path} is not a valid manifest: {where}: {message}", "was it edited by hand?") from None
 
 
 def build_quarantine(

@@ -204,3 +204,21 @@ def test_guard_errors_are_also_the_matching_stdlib_errors():
         raise DataNotFoundError("gone")
     except FileNotFoundError as caught:  # a library user's natural catch
         assert caught.message == "gone"
+
+
+def test_one_line_of_a_validation_error_names_its_field():
+    import pydantic
+
+    from ssl_guard.errors import validation_summary
+
+    class Inner(pydantic.BaseModel):
+        depth: int
+
+    class Outer(pydantic.BaseModel):
+        inner: Inner
+
+    try:
+        Outer.model_validate({"inner": {"depth": "deep"}})
+    except pydantic.ValidationError as error:
+        where, message = validation_summary(error, prefix=("scan",))
+    assert where == "scan.inner.depth" and "integer" in message

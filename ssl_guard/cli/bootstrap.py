@@ -39,7 +39,7 @@ def command(
     """Train a threat-model encoder on DATA itself (SimCLR), saved as an encoder folder."""
     import pydantic
 
-    from ssl_guard.errors import ConfigError
+    from ssl_guard.errors import ConfigError, validation_summary
 
     options = dict(
         epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, resolution=resolution, arch=arch,
@@ -54,9 +54,8 @@ def command(
     try:
         config = BootstrapConfig(**values)
     except pydantic.ValidationError as error:
-        first = error.errors()[0]
-        field = str(first["loc"][0]).replace("_", "-") if first.get("loc") else "option"
-        raise ConfigError(f"--{field}: {first['msg']}", "see ssl-guard bootstrap --help") from None
+        where, message = validation_summary(error, default="option")
+        raise ConfigError(f"--{where.split('.')[0].replace('_', '-')}: {message}", "see ssl-guard bootstrap --help") from None
     if push_to_hub is not None:
         from ssl_guard.encoders.hub import hub_offline, parse_hub_spec
         from ssl_guard.errors import EncoderError

@@ -27,7 +27,7 @@ from ssl_guard.config import DEFAULT_MINING_ENCODER, ScanConfig, semantic_cluste
 from ssl_guard.data import resolve_sources, select_units
 from ssl_guard.detect.embed import UNITS_DIR, ScanArrays, assemble, embed_units, open_arrays
 from ssl_guard.detect.result import Detection
-from ssl_guard.errors import ConfigError, EmptyDatasetError
+from ssl_guard.errors import ConfigError, EmptyDatasetError, validation_summary
 from ssl_guard.run import RunFolder, RunState, stable_hash
 
 
@@ -90,9 +90,8 @@ def scan(
         BootstrapConfig(**{"resolution": config.resolution or 64, "seed": config.seed, "workers": config.workers, **config.bootstrap})
         section = None
     except pydantic.ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in ([section] if section and error.title != "ScanConfig" else []) + list(first["loc"]))
-        raise ConfigError(f"invalid scan setting {where}: {first['msg']}", "see `ssl-guard scan --help`") from None
+        where, message = validation_summary(error, prefix=(section,) if section and error.title != "ScanConfig" else ())
+        raise ConfigError(f"invalid scan setting {where}: {message}", "see `ssl-guard scan --help`") from None
     sources = resolve_sources(list(data))
     if not sources.units:
         raise EmptyDatasetError("the dataset holds no image or shard", "check the path: folders are searched recursively for images and .tar shards")

@@ -24,7 +24,7 @@ import torch
 from ssl_guard.atomic import write_bytes_atomic
 from ssl_guard.encoders.backbones import Encoder, EncoderConfig, build_encoder
 from ssl_guard.encoders.devices import resolve_device
-from ssl_guard.errors import ConfigError, EncoderError, EncoderNotFoundError, UnsafeWeightsError
+from ssl_guard.errors import ConfigError, EncoderError, EncoderNotFoundError, UnsafeWeightsError, validation_summary
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -88,9 +88,8 @@ def _validated_config(values: dict[str, Any], where: str) -> EncoderConfig:
     try:
         return EncoderConfig.model_validate(values)
     except pydantic.ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "config"
-        raise EncoderError(f"invalid encoder config in {where}: {field}: {first['msg']}", "fix the value, or upgrade ssl-guard if a newer version wrote it") from None
+        field, message = validation_summary(error, default="config")
+        raise EncoderError(f"invalid encoder config in {where}: {field}: {message}", "fix the value, or upgrade ssl-guard if a newer version wrote it") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ssl_guard.atomic import write_text_atomic
-from ssl_guard.errors import ReportError
+from ssl_guard.errors import ReportError, validation_summary
 
 SCHEMA_VERSION = 1
 REPORT_FILE = "report.json"
@@ -204,10 +204,9 @@ class Report(_Model):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            where, message = validation_summary(error)
             raise ReportError(
-                f"{path} does not match report schema {SCHEMA_VERSION}: {where}: {first['msg']}"
+                f"{path} does not match report schema {SCHEMA_VERSION}: {where}: {message}"
                 f" ({error.error_count()} problem(s))",
                 "re-run the scan to write a fresh report",
             ) from error

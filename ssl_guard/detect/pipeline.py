@@ -25,6 +25,10 @@ import pydantic
 from ssl_guard import __version__
 from ssl_guard.config import DEFAULT_MINING_ENCODER, ScanConfig, semantic_cluster_count
 from ssl_guard.data import resolve_sources, select_units
+from ssl_guard.detect.cluster import spherical_kmeans
+from ssl_guard.detect.distributed import barrier as _barrier
+from ssl_guard.detect.distributed import gather_units as _gather_units
+from ssl_guard.detect.distributed import init_distributed as _distributed
 from ssl_guard.detect.embed import UNITS_DIR, ScanArrays, assemble, embed_units, open_arrays
 from ssl_guard.detect.result import Detection
 from ssl_guard.errors import ConfigError, EmptyDatasetError, validation_summary
@@ -145,7 +149,7 @@ def scan(
         semantic_key = stable_hash(embed_key, config.semantic_clusters, config.seed)
         clock = time.perf_counter()
         if not run.done("semantic", semantic_key):
-            semantic = _semantic_clusters(arrays.embeddings, config.semantic_clusters or semantic_cluster_count(len(arrays)), config.seed)
+            semantic = spherical_kmeans(arrays.embeddings, config.semantic_clusters or semantic_cluster_count(len(arrays)), seed=config.seed).assignments.astype(np.int32)
             np.save(run / "semantic.npy", semantic)
             run.finish("semantic", semantic_key, time.perf_counter() - clock, len(arrays))
         semantic = np.load(run / "semantic.npy")
@@ -317,25 +321,6 @@ def _calibrated(d: Detection) -> np.ndarray:
     return np.clip(np.where(s < t, below, above), 0, 1)
 
 
-def _semantic_clusters(embeddings: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Spherical k-means (faiss) of the embeddings: (N,) int32 cluster ids."""
-    import faiss
-
-    n = len(embeddings)
-    k = max(1, min(k, n))
-    if k == 1:
-        return np.zeros(n, np.int32)
-    sample = np.random.default_rng(seed).choice(n, min(n, 256 * k), replace=False)
-    train = np.ascontiguousarray(embeddings[np.sort(sample)], dtype=np.float32)
-    kmeans = faiss.Kmeans(train.shape[1], k, niter=20, spherical=True, seed=seed, verbose=False)
-    kmeans.train(train)
-    labels = np.zeros(n, np.int32)
-    for start in range(0, n, 65536):
-        block = np.ascontiguousarray(embeddings[start : start + 65536], dtype=np.float32)
-        labels[start : start + len(block)] = kmeans.index.search(block, 1)[1][:, 0]
-    return labels
-
-
 def _save_detection(run: RunFolder, stage: str, d: Detection) -> None:
     import json
 
@@ -390,53 +375,7 @@ def _weights_hash(net) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Distributed (torchrun): ranks split the units; rank 0 gathers them and runs the rest
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); initialises the process group when launched by torchrun."""
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _gather_units(run: RunFolder, count: int, rank: int, world: int) -> None:
-    """Bring every unit file to rank 0's run folder: nothing to do on a shared filesystem; over
-    separate disks, each rank sends the unit files rank 0 does not see."""
-    if world <= 1:
-        return
-    import torch.distributed as dist
-
-    from ssl_guard.detect.embed import unit_file
-    from ssl_guard.run import atomic_write_bytes
-
-    missing = [i for i in range(count) if not (run / unit_file(i)).is_file()] if rank == 0 else None
-    box = [missing]
-    dist.broadcast_object_list(box, src=0)
-    missing = box[0]
-    payload = {i: (run / unit_file(i)).read_bytes() for i in missing if (run / unit_file(i)).is_file()} if rank != 0 else {}
-    gathered = [None] * world if rank == 0 else None
-    dist.gather_object(payload, gathered, dst=0)
-    if rank == 0:
-        for part in gathered:
-            for index, blob in (part or {}).items():
-                atomic_write_bytes(run / unit_file(index), blob)
-    dist.barrier()
+# Distributed (torchrun): ranks split the units (ssl_guard/detect/distributed.py); rank 0 runs the rest
 
 
 def _follower_result(run: RunFolder) -> ScanResult:

@@ -16,7 +16,6 @@ either; against a hashed finding it does not apply (re-review it).
 from __future__ import annotations
 
 import getpass
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,18 +127,12 @@ class Baseline(BaseModel):
         Raises:
             ManifestError: missing (unless `missing_ok`), unreadable or of another schema.
         """
+        from ssl_guard.jsonfile import read_versioned
+
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            if missing_ok:
-                return cls()
-            raise ManifestError(f"baseline {path} does not exist", "create one with `ssl-guard review`") from None
-        except (OSError, json.JSONDecodeError) as error:
-            raise ManifestError(f"cannot read baseline {path}: {error}", "is it a .ssl-guard-baseline.json?") from None
-        if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
-            found = raw.get("schema_version") if isinstance(raw, dict) else None
-            raise ManifestError(f"baseline {path} has schema_version {found!r}, expected {SCHEMA_VERSION}", "is it a .ssl-guard-baseline.json?")
+        if missing_ok and not path.exists():
+            return cls()
+        raw = read_versioned(path, SCHEMA_VERSION, ManifestError, "baseline", "create one with `ssl-guard review`", lambda found: "is it a .ssl-guard-baseline.json?")
         try:
             return cls.model_validate(raw)
         except ValidationError as error:

@@ -190,22 +190,12 @@ class Quarantine(BaseModel):
 
     @classmethod
     def _read(cls, path: Path) -> "Quarantine":
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ManifestError(f"{path} does not exist", "run `ssl-guard scan` first, or check the path") from None
-        except OSError as error:
-            raise ManifestError(f"cannot read {path}: {error.strerror or error}") from None
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ManifestError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})", "is it a quarantine.json?") from None
-        if not isinstance(raw, dict) or "schema_version" not in raw:
-            raise ManifestError(f"{path} is not a quarantine manifest (no schema_version)", "pass the quarantine.json of a scan")
-        version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
-            hint = "upgrade ssl-guard" if isinstance(version, int) and version > SCHEMA_VERSION else "scan the data again"
-            raise ManifestError(f"{path} has schema_version {version!r}, this ssl-guard reads {SCHEMA_VERSION}", hint)
+        from ssl_guard.jsonfile import read_versioned
+
+        raw = read_versioned(
+            path, SCHEMA_VERSION, ManifestError, "quarantine manifest", "run `ssl-guard scan` first, or check the path",
+            lambda found: "upgrade ssl-guard" if isinstance(found, int) and found > SCHEMA_VERSION else "scan the data again",
+        )
         try:
             return cls.model_validate(raw)
         except ValidationError as error:

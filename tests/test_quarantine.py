@@ -222,3 +222,18 @@ def test_one_line_of_a_validation_error_names_its_field():
     except pydantic.ValidationError as error:
         where, message = validation_summary(error, prefix=("scan",))
     assert where == "scan.inner.depth" and "integer" in message
+
+
+@pytest.mark.parametrize("content, message", [("{oops", "not valid JSON"), ("[1]", "no schema_version"), ('{"schema_version": 42}', "schema_version 42, this ssl-guard reads")])
+def test_the_three_versioned_files_fail_alike(tmp_path, content, message):
+    """quarantine.json, report.json and a baseline share one reader and its one-line errors."""
+    from ssl_guard.baseline import Baseline
+    from ssl_guard.errors import GuardError
+    from ssl_guard.report.schema import Report
+
+    path = tmp_path / "file.json"
+    path.write_text(content)
+    for load in (Quarantine.load, Report.load, Baseline.load):
+        with pytest.raises(GuardError, match=message) as caught:
+            load(path)
+        assert caught.value.hint and "\n" not in caught.value.one_line()

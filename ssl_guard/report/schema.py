@@ -14,7 +14,6 @@ version instead of guessing.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -189,18 +188,12 @@ class Report(_Model):
             if not path.parent.is_dir():
                 raise ReportError(f"run folder {path.parent} does not exist", "pass the folder a scan wrote with --out")
             raise ReportError(f"{path} does not exist", "pass a run folder of a finished scan (it holds report.json)")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ReportError(f"cannot read {path}: {error}", "re-run the scan to write a fresh report") from error
-        if not isinstance(data, dict):
-            raise ReportError(f"{path} is not a report (a JSON object was expected)", "pass the report.json a scan wrote")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ReportError(
-                f"{path} has schema_version {version!r}; this ssl-guard reads version {SCHEMA_VERSION}",
-                "re-run the scan with this version, or use the ssl-guard version that wrote it",
-            )
+        from ssl_guard.jsonfile import read_versioned
+
+        data = read_versioned(
+            path, SCHEMA_VERSION, ReportError, "report", "pass a run folder of a finished scan (it holds report.json)",
+            lambda found: "re-run the scan with this version, or use the ssl-guard version that wrote it",
+        )
         try:
             return cls.model_validate(data)
         except ValidationError as error:

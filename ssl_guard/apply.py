@@ -8,8 +8,9 @@ no half-cleaned dataset behind.
 
 Tar members are copied with their contents unchanged and their header fields (name, mode, owner,
 mtime) kept: a kept sample's bytes are identical to the input's. The shard file itself is written
-anew (tar headers re-serialised, a gzip stream re-compressed), so it is not byte-identical. Samples are grouped exactly as WebDataset groups them (`base_plus_ext`: the key is the
-member path up to the first dot of its file name).
+anew (tar headers re-serialised, a gzip stream re-compressed), so it is not byte-identical.
+Samples are grouped exactly as WebDataset groups them (`base_plus_ext`: the key is the member path
+up to the first dot of its file name).
 """
 
 from __future__ import annotations

@@ -353,17 +353,17 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         DecodeError: unreadable, truncated, not a supported format, or larger than `max_pixels`.
     """
     pil_limit = Image.MAX_IMAGE_PIXELS
+    raise_limit = pil_limit is not None and max_pixels > 2 * pil_limit  # PIL refuses above twice its limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if pil_limit is not None and max_pixels > 2 * pil_limit:  # PIL refuses above twice its limit
+            if raise_limit:
                 Image.MAX_IMAGE_PIXELS = max_pixels
-                try:
-                    image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
-                finally:
-                    Image.MAX_IMAGE_PIXELS = pil_limit
-            else:
+            try:
                 image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
+            finally:
+                if raise_limit:
+                    Image.MAX_IMAGE_PIXELS = pil_limit
             width, height = image.size
             if width * height > max_pixels:
                 raise DecodeError(f"oversized image: {width}x{height} pixels exceeds the limit of {max_pixels}")

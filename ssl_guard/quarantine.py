@@ -127,6 +127,13 @@ class Quarantine(BaseModel):
         """The sources (shards or files) holding at least one quarantined sample."""
         return frozenset(entry.source for entry in self.entries)
 
+    def waiver_warning(self) -> str | None:
+        """The one line that reports waivers not applied because the waived bytes changed, or None."""
+        if not self.waivers_not_applied:
+            return None
+        shown = ", ".join(self.waivers_not_applied[:5])
+        return f"{len(self.waivers_not_applied)} reviewed waiver(s) not applied because the sample's bytes changed since review: {shown}"
+
     def with_baseline(self, baseline: "Baseline | str | os.PathLike | None") -> "Quarantine":
         """A copy whose entries marked false positive in `baseline` move to `suppressed`."""
         if baseline is None:

@@ -19,7 +19,6 @@ regression test in tests/test_data.py.
 from __future__ import annotations
 
 import io
-import os
 import sys
 import tarfile
 import tempfile

@@ -110,8 +110,8 @@ def evaluate(quarantine: Any, fail_on: FailOn, exit_zero: bool = False, stale: s
     if stale:
         notes.append(stale)
         return "stale", 1, notes
-    if getattr(quarantine, "waivers_not_applied", None):
-        notes.append(f"{len(quarantine.waivers_not_applied)} reviewed waiver(s) not applied: the sample's bytes changed since review ({', '.join(quarantine.waivers_not_applied[:3])})")
+    if quarantine.waiver_warning():
+        notes.append(quarantine.waiver_warning())
     if fail_on.exceeded(quarantine.n_flagged, quarantine.n_scanned):
         return "poison found", 0 if exit_zero else 1, notes
     return ("poison found" if quarantine.n_flagged else "clean"), 0, notes

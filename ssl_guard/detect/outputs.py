@@ -147,9 +147,8 @@ def build_report(run: RunFolder, sources, arrays: ScanArrays, detection: Detecti
         warnings.append(f"{len(arrays.skipped)} sample(s) could not be read: the scan is incomplete (see skipped.csv)")
     if quarantine.suppressed:
         warnings.append(f"{len(quarantine.suppressed)} flagged sample(s) kept in the data by the reviewed baseline")
-    if quarantine.waivers_not_applied:
-        shown = ", ".join(quarantine.waivers_not_applied[:5])
-        warnings.append(f"{len(quarantine.waivers_not_applied)} reviewed waiver(s) not applied because the sample's bytes changed since review: {shown}")
+    if quarantine.waiver_warning():
+        warnings.append(quarantine.waiver_warning())
     stages = [StageTiming(name=name, seconds=float(seconds), items=int(items), rate=float(items / seconds) if seconds > 0 else None) for name, (seconds, items) in timings.items()]
     stages += [StageTiming(name=f"  {name}", seconds=float(seconds), items=len(arrays), rate=None) for name, seconds in detection.seconds.items()]
     extra = {k: v for k, v in detection.details.items() if k in ("candidates", "mined_images", "cells", "per_detector", "clusters", "forward_passes")}

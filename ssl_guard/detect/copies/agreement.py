@@ -1,0 +1,106 @@
+"""Step 3: pixel agreement of a candidate correspondence.
+
+Two descriptors can be alike by chance; two copies of a pasted patch agree pixel for pixel over the
+whole patch. For each correspondence (keypoint p in image a, keypoint q in image b) the windows
+around p and q are sampled at their sub-pixel positions, and the region of agreement is grown
+from the keypoint: the connected pixels where the two (lightly smoothed) windows differ by less
+than the scan's resampling tolerance.
+
+Agreement alone is not evidence: two flat skies agree everywhere, two straight edges agree along
+the whole edge. The evidence is how well the agreeing region pins the alignment down, the smaller
+eigenvalue of its structure tensor (the Shi-Tomasi corner measure, summed over the region): flat
+regions score 0, a lone edge scores 0 (it slides along itself), and a patch with structure in
+every direction scores in proportion to how much of it agrees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssl_guard.detect.copies.descriptors import Keypoints
+from ssl_guard.detect.copies.edits import as_float, smooth
+
+
+def resampling_tolerance(images: np.ndarray, rows: np.ndarray, quantile: float = 0.75) -> float:
+    """How much a half-pixel shift changes this scan's own (smoothed) pixels: the `quantile` of
+    the per-pixel mean absolute difference between images and their half-pixel-shifted copies.
+
+    Two copies of one patch aligned to within half a pixel disagree by less than this on most of
+    their pixels, whatever the scan's resolution, blur and JPEG quality; it is measured, not set.
+    """
+    x = smooth(as_float(images[rows]))
+    shifted = (x + torch.roll(x, 1, 3) + torch.roll(x, 1, 2) + torch.roll(torch.roll(x, 1, 2), 1, 3)) / 4
+    diff = (smooth(x) - smooth(shifted)).abs().mean(1)[:, 2:-2, 2:-2]
+    return float(torch.quantile(diff.flatten()[:: max(1, diff.numel() // 1_000_000)], quantile))
+
+
+def _windows(images: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 3, W, W) bilinear windows centred on (x, y) sub-pixel, W = 2·half + 1, with a mask of
+    the pixels inside the image."""
+    size = images.shape[-1]
+    offsets = torch.arange(-half, half + 1, dtype=torch.float32)
+    gx = (x[:, None] + offsets[None]) * 2 / (size - 1) - 1
+    gy = (y[:, None] + offsets[None]) * 2 / (size - 1) - 1
+    w = len(offsets)
+    grid = torch.stack([gx[:, None, :].expand(-1, w, -1), gy[:, :, None].expand(-1, -1, w)], -1)
+    inside = (grid.abs() <= 1).all(-1)
+    return F.grid_sample(images[rows], grid, align_corners=True), inside
+
+
+def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.ndarray, tolerance: float, half: int, batch: int = 4096, advance=lambda k: None) -> tuple[np.ndarray, np.ndarray]:
+    """Evidence and agreeing-region box of each correspondence (points a[i], points b[i]).
+
+    Returns:
+        evidence (n,) float32, the structure tensor's smaller eigenvalue over the agreeing region
+        (0 where nothing but the flat or one-directional part agrees); box (n, 4) int32, the
+        box around the region's structure (x0, y0, x1, y1) relative to keypoint a.
+    """
+    used = np.unique(np.concatenate([points.image[a], points.image[b]])) if len(a) else np.zeros(0, np.int64)
+    lookup = np.full(int(used.max()) + 1 if len(used) else 1, -1, np.int64)
+    lookup[used] = np.arange(len(used))
+    pixels = smooth(as_float(images[used])) if len(used) else torch.zeros((0, 3, 1, 1))
+    px, py = torch.from_numpy(points.x), torch.from_numpy(points.y)
+    evidence = np.zeros(len(a), np.float32)
+    boxes = np.zeros((len(a), 4), np.int32)
+    w = 2 * half + 1
+    for start in range(0, len(a), batch):
+        sa, sb = torch.from_numpy(a[start : start + batch]), torch.from_numpy(b[start : start + batch])
+        ra = torch.from_numpy(lookup[points.image[a[start : start + batch]]])
+        rb = torch.from_numpy(lookup[points.image[b[start : start + batch]]])
+        wa, ina = _windows(pixels, ra, px[sa], py[sa], half)
+        wb, inb = _windows(pixels, rb, px[sb], py[sb], half)
+        valid = ina & inb
+        agree = ((wa - wb).abs().mean(1) < tolerance) & valid
+        region = torch.zeros_like(agree)
+        region[:, half, half] = agree[:, half, half]
+        for _ in range(w):
+            grown = (F.max_pool2d(region[:, None].float(), 3, 1, 1)[:, 0] > 0) & agree
+            if torch.equal(grown, region):
+                break
+            region = grown
+        # gradients of window a, where both neighbours are real pixels
+        gx = F.pad(wa[:, :, :, 2:] - wa[:, :, :, :-2], (1, 1, 0, 0))
+        gy = F.pad(wa[:, :, 2:, :] - wa[:, :, :-2, :], (0, 0, 1, 1))
+        interior = (-F.max_pool2d(-valid[:, None].float(), 3, 1, 1)[:, 0]) > 0.5
+        r = (region & interior).float()
+        sxx = (r * (gx * gx).sum(1)).sum((1, 2))
+        syy = (r * (gy * gy).sum(1)).sum((1, 2))
+        sxy = (r * (gx * gy).sum(1)).sum((1, 2))
+        trace, det = sxx + syy, sxx * syy - sxy * sxy
+        smaller = trace / 2 - torch.sqrt((trace * trace / 4 - det).clamp_min(0))
+        evidence[start : start + len(sa)] = smaller.clamp_min(0).numpy()
+        # the seed box: where the agreeing region's structure is (gradient-weighted centre and
+        # spread), not its bounding box, which takes in any flat background that also agrees
+        weight = r * ((gx * gx) + (gy * gy)).sum(1)
+        total = weight.sum((1, 2)).clamp_min(1e-9)
+        idx = torch.arange(w, dtype=torch.float32) - half
+        cx = (weight.sum(1) * idx).sum(1) / total
+        cy = (weight.sum(2) * idx).sum(1) / total
+        sx = ((weight.sum(1) * (idx[None] - cx[:, None]) ** 2).sum(1) / total).sqrt()
+        sy = ((weight.sum(2) * (idx[None] - cy[:, None]) ** 2).sum(1) / total).sqrt()
+        reach_x, reach_y = (1.5 * sx).clamp_min(2), (1.5 * sy).clamp_min(2)
+        boxes[start : start + len(sa)] = torch.stack([cx - reach_x, cy - reach_y, cx + reach_x + 1, cy + reach_y + 1], 1).round().int().numpy()
+        advance(len(sa))
+    return evidence, boxes

@@ -1,0 +1,195 @@
+"""The `mine` detector: the steps chained, from the scan's image cache to a `Detection`."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pydantic
+import torch
+
+from ssl_guard.detect.copies.agreement import pair_agreement, resampling_tolerance
+from ssl_guard.detect.copies.candidates import best_pair_in, triangle_groups
+from ssl_guard.detect.copies.descriptors import describe
+from ssl_guard.detect.copies.extraction import Pattern, refine, seed_template
+from ssl_guard.detect.copies.matching import neighbour_pairs
+from ssl_guard.detect.copies.scoring import (
+    host_concentration,
+    match_maps,
+    null_threshold,
+    prevalence_guard,
+    residuals,
+)
+from ssl_guard.detect.result import Detection, TriggerPattern
+
+
+class MineConfig(pydantic.BaseModel):
+    """Settings of the `mine` detector (docs/mine.md gives the reasons for each default)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    keypoints_per_image: int = pydantic.Field(32, ge=4, le=512, description="corners kept per image (a cost budget)")
+    patch: int = pydantic.Field(7, ge=3, le=15, description="side of the colour patch each descriptor samples, px")
+    dims: int = pydantic.Field(48, ge=8, le=675, description="whitened descriptor dimensions")
+    neighbours: int = pydantic.Field(8, ge=1, le=64, description="nearest keypoints in other images per keypoint")
+    window: float = pydantic.Field(0.14, gt=0, le=0.5, description="half-side of the agreement window, share of the scan side")
+    mining_images: int = pydantic.Field(20_000, ge=100, description="images sampled for mining; the rest are only scored")
+    max_candidates: int = pydantic.Field(12, ge=1, description="candidate groups extracted and tested")
+    min_hosts: int | None = pydantic.Field(None, ge=3, description="fewest hosts a pattern needs; default 0.1% of the data, at least 5")
+    alpha: float = pydantic.Field(0.01, gt=0, lt=1, description="chance of one false host per pattern and scan (the null's Bonferroni level)")
+    max_lookalike_ratio: float = pydantic.Field(0.5, ge=0, description="images in the band just above the threshold per host; above it, a natural continuum")
+    prevalence_guard: float = pydantic.Field(0.2, gt=0, le=1, description="a pattern in more than this share of the data is reported, not quarantined")
+    batch_size: int = pydantic.Field(256, ge=1)
+    report_maps: int = pydantic.Field(48, ge=0, description="match maps kept for the report's top suspects")
+    seed: int = 0
+
+    def resolved(self, n: int) -> MineConfig:
+        """Fill the size-derived defaults for a dataset of `n` images."""
+        values = self.model_dump()
+        if values["min_hosts"] is None:
+            # a backdoor needs tens of poisons to take; below 5 copies a repeat is a near-duplicate
+            values["min_hosts"] = max(5, int(math.ceil(0.001 * min(n, self.mining_images))))
+        return MineConfig(**values)
+
+
+def _test_pattern(images: np.ndarray, mined: np.ndarray, template: torch.Tensor, config: MineConfig, device: torch.device) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    residual, corner = residuals(images, mined, [template], config.batch_size, device)
+    null = null_threshold(residual[:, 0], config.alpha)
+    return null, residual[:, 0], corner[:, 0]
+
+
+def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: MineConfig | None = None, device: str | torch.device = "cpu", progress=None) -> Detection:
+    """Run the `mine` detector over a scan's image cache.
+
+    Args:
+        images: (N, 3, R, R) uint8 (np.memmap), the scan-resolution images.
+        semantic: (N,) int semantic cluster of each image, for the targeted / untargeted readout;
+            None skips it.
+        progress: optional rich Progress; one task per step.
+
+    Returns:
+        a `Detection`; a sample's score is 1 at an exact copy of a bank pattern, 0.5 at the
+        pattern's null threshold (flagged above it), 0 at twice the threshold's residual.
+    """
+    device = torch.device(device)
+    n = len(images)
+    config = (config or MineConfig()).resolved(n)
+    if n == 0:
+        return Detection.empty("mine", 0)
+    seconds: dict[str, float] = {}
+    warnings: list[str] = []
+    rng = np.random.default_rng(config.seed)
+    resolution = images.shape[-1]
+
+    def stage(name: str, total: int):
+        task = progress.add_task(name, total=total) if progress is not None else None
+        return (lambda k: progress.advance(task, k)) if task is not None else (lambda k: None)
+
+    clock = time.perf_counter()
+    mined = np.sort(rng.choice(n, min(n, config.mining_images), replace=False))
+    points = describe(images, mined, config.keypoints_per_image, config.patch, config.dims, stage("mine: keypoints", len(mined)))
+    seconds["keypoints"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    a, b, _ = neighbour_pairs(points, config.neighbours)
+    seconds["matching"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    tolerance = resampling_tolerance(images, rng.choice(n, min(n, 512), replace=False))
+    half = max(3, int(round(config.window * resolution)))
+    evidence, region = pair_agreement(images, points, a, b, tolerance, half, advance=stage("mine: agreement", len(a)))
+    seconds["agreement"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    image_a, image_b = points.image[a], points.image[b]
+    groups = triangle_groups(image_a, image_b, evidence, n, budget=len(mined), min_size=3)
+    advance = stage("mine: verify", min(len(groups), config.max_candidates))
+    accepted: list[tuple[Pattern, dict[str, float]]] = []
+    report: list[dict] = []
+    covered: set[int] = set()
+    for group in groups[: config.max_candidates]:
+        advance(1)
+        if len(covered.intersection(group.tolist())) > 0.5 * len(group):
+            continue  # a part of a pattern already in the bank
+        verdict, evidence_row, pattern = "no seed region", {"group": float(len(group))}, None
+        for pair in best_pair_in(group, image_a, image_b, evidence, 3):
+            template = seed_template(images, int(image_a[pair]), float(points.x[a[pair]]), float(points.y[a[pair]]), region[pair])
+            if template is None:
+                continue
+            null, residual, corner = _test_pattern(images, mined, template, config, device)
+            hosts = residual < null["threshold"]
+            if hosts.sum() < 3:
+                verdict = "seed matches too few images"
+                continue
+            # refine on the hosts found, re-match, and repeat while the host set grows: each
+            # pass sees more copies, so the shared block and its median sharpen
+            refined = None
+            for _ in range(3):
+                better = refine(images, mined[hosts], corner[hosts], template if refined is None else refined)
+                if better is None:
+                    break
+                trial_null, trial_residual, trial_corner = _test_pattern(images, mined, better, config, device)
+                trial_hosts = trial_residual < trial_null["threshold"]
+                if refined is not None and trial_hosts.sum() <= hosts.sum():
+                    break
+                refined, null, residual, corner, hosts = better, trial_null, trial_residual, trial_corner, trial_hosts
+            if refined is None:
+                verdict = "hosts agree around the seed as much as on it"
+                continue
+            h, w = refined.shape[1:]
+            boxes = np.stack([corner[hosts, 1], corner[hosts, 0], corner[hosts, 1] + w, corner[hosts, 0] + h], 1).astype(np.int32)
+            pattern = Pattern(refined, mined[hosts], boxes, residual[hosts])
+            evidence_row = {"group": float(len(group)), **null, "height": float(h), "width": float(w), "tolerance": tolerance, "host_residual": float(np.median(residual[hosts])) if hosts.any() else float("nan")}
+            if hosts.sum() < config.min_hosts:
+                verdict = f"fewer than {config.min_hosts} hosts"
+            elif null["lookalike_ratio"] > config.max_lookalike_ratio:
+                verdict = "rejected: natural look-alikes form a continuum"
+            else:
+                verdict = "accepted"
+                break
+        if semantic is not None and pattern is not None and len(pattern.hosts):
+            evidence_row.update(host_concentration(pattern.hosts, semantic, rng))
+        report.append({**evidence_row, "verdict": verdict})
+        if verdict == "accepted":
+            accepted.append((pattern, evidence_row))
+            covered.update(pattern.hosts.tolist())
+    seconds["verify"] = time.perf_counter() - clock
+    details = {"candidates": report, "keypoints": len(points), "pairs": len(a), "mined_images": len(mined), "tolerance": tolerance}
+
+    if not accepted:
+        detection = Detection.empty("mine", n, threshold=0.5)
+        detection.warnings.append("no repeated pattern passed verification: nothing quarantined")
+        detection.seconds, detection.details = seconds, details
+        return detection
+
+    clock = time.perf_counter()
+    templates = [p.template for p, _ in accepted]
+    residual, corner = residuals(images, np.arange(n), templates, config.batch_size, device, stage("mine: score", n))
+    thresholds = np.array([e["threshold"] for _, e in accepted], np.float32)
+    relative = np.clip(1.0 - residual / (2 * thresholds[None, :]), 0.0, 1.0)
+    which = relative.argmax(axis=1)
+    scores = relative[np.arange(n), which].astype(np.float32)
+    flagged = scores > 0.5
+    y, x = corner[np.arange(n), which, 0], corner[np.arange(n), which, 1]
+    sizes = np.array([t.shape[1:] for t in templates])[which]
+    boxes = np.stack([x, y, x + sizes[:, 1], y + sizes[:, 0]], 1).astype(np.int32)
+    flagged, shares, guard_warnings = prevalence_guard(flagged, which, len(accepted), config.prevalence_guard)
+    warnings.extend(guard_warnings)
+    boxes[~flagged] = -1
+    bank = []
+    for t, (pattern, row) in enumerate(accepted):
+        row["flagged_share"] = shares[t]
+        bank.append(TriggerPattern(
+            pixels=(pattern.template.clamp(0, 1) * 255).round().byte().cpu().numpy(),
+            host=int(pattern.hosts[0]),
+            box=tuple(int(v) for v in pattern.boxes[0]),
+            score=float(1.0 - row["host_residual"] / max(row["threshold"], 1e-6) / 2),
+            hosts=len(pattern.hosts),
+            targeted=None if "targeted" not in row else bool(row["targeted"]),
+            evidence=row,
+        ))
+    maps = match_maps(images, np.argsort(-scores, kind="stable")[: config.report_maps], templates, which, thresholds, device)
+    seconds["score"] = time.perf_counter() - clock
+    details["pattern_of_sample"] = which
+    return Detection("mine", scores, flagged, boxes, 0.5, bank, maps, seconds, warnings, details)

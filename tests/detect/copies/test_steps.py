@@ -1,0 +1,156 @@
+"""The `mine` steps, one by one, on small arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ssl_guard.detect.copies.agreement import pair_agreement, resampling_tolerance
+from ssl_guard.detect.copies.candidates import triangle_groups
+from ssl_guard.detect.copies.descriptors import Keypoints, describe
+from ssl_guard.detect.copies.edits import fill_box, paste
+from ssl_guard.detect.copies.extraction import block_around
+from ssl_guard.detect.copies.matching import neighbour_pairs
+from ssl_guard.detect.copies.scoring import (
+    match_residual,
+    null_threshold,
+    prevalence_guard,
+    residuals,
+)
+
+
+def _noise_images(n: int, size: int = 48, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # smooth random fields: natural-looking content with corners, different in every image
+    base = rng.random((n, 3, size // 8, size // 8))
+    up = torch.nn.functional.interpolate(torch.from_numpy(base), size=size, mode="bicubic", align_corners=False)
+    return (up.clamp(0, 1) * 255).round().byte().numpy()
+
+
+def _pattern(size: int = 10, seed: int = 5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 2, (3, size // 2, size // 2)) * 255).repeat(2, 1).repeat(2, 2).astype(np.uint8)
+
+
+def _with_pattern(images: np.ndarray, rows, seed: int = 1) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
+    rng = np.random.default_rng(seed)
+    out, where = images.copy(), {}
+    pattern = _pattern()
+    for r in rows:
+        y, x = (int(v) for v in rng.integers(8, images.shape[-1] - 18, 2))
+        out[r, :, y : y + 10, x : x + 10] = pattern
+        where[r] = (x, y)
+    return out, where
+
+
+def test_keypoints_land_at_the_same_spot_of_every_copy():
+    images, where = _with_pattern(_noise_images(6), range(6))
+    points = describe(images, np.arange(6), 64, 7, 32)
+    assert points.vectors.shape[1] == 32 and np.allclose(np.linalg.norm(points.vectors, axis=1), 1, atol=1e-4)
+    # the pattern's own corners, in its own coordinates, recur in every copy
+    local = [set() for _ in range(6)]
+    for img, x, y in zip(points.image, points.x, points.y):
+        ox, oy = where[int(img)]
+        if 0 <= x - ox < 10 and 0 <= y - oy < 10:
+            local[int(img)].add((round(float(x - ox)), round(float(y - oy))))
+    assert all(len(spots) >= 3 for spots in local), "every copy gets keypoints on the pattern"
+    assert set.intersection(*local), "and at least one at the same spot of the pattern in all six"
+
+
+def test_copies_are_each_others_nearest_keypoints_and_agree_pixel_for_pixel():
+    images, _ = _with_pattern(_noise_images(40), range(8))
+    points = describe(images, np.arange(40), 32, 7, 32)
+    a, b, sim = neighbour_pairs(points, 4)
+    assert (a < b).all() and (points.image[a] != points.image[b]).all()
+    tolerance = resampling_tolerance(images, np.arange(40))
+    assert 0 < tolerance < 0.2
+    evidence, boxes = pair_agreement(images, points, a, b, tolerance, half=8)
+    both = (points.image[a] < 8) & (points.image[b] < 8)
+    assert both.any()
+    # pairs between copies carry far more evidence than any pair that is not
+    assert np.quantile(evidence[both], 0.75) > 3 * max(evidence[~both].max(), 1e-6)
+
+
+def test_a_flat_or_one_directional_agreement_is_no_evidence():
+    flat = np.full((2, 3, 32, 32), 128, np.uint8)
+    edge = flat.copy()
+    edge[:, :, :, 16:] = 250  # one vertical edge in both images: it agrees along itself only
+    for images in (flat, edge):
+        points = Keypoints(np.ones((2, 4), np.float32), np.array([0, 1]), np.array([16.0, 16.0], np.float32), np.array([10.0, 20.0], np.float32))
+        evidence, _ = pair_agreement(images, points, np.array([0]), np.array([1]), 0.03, half=6)
+        assert evidence[0] < 1e-3
+
+
+def test_triangles_tie_the_copies_and_leave_chance_pairs_out():
+    rng = np.random.default_rng(0)
+    copies = np.arange(10)
+    u, v = np.triu_indices(10, 1)
+    keep = rng.random(len(u)) < 0.5
+    chance_a, chance_b = rng.integers(10, 1000, 300), rng.integers(10, 1000, 300)  # random pairs, no shared partners
+    image_a = np.concatenate([copies[u[keep]], chance_a])
+    image_b = np.concatenate([copies[v[keep]], chance_b])
+    evidence = np.ones(len(image_a))
+    groups = triangle_groups(image_a, image_b, evidence, 1000, budget=len(image_a), min_size=3)
+    assert len(groups) >= 1 and set(groups[0].tolist()) <= set(range(10)) and len(groups[0]) >= 7
+    assert all(len(g) < 5 for g in groups[1:])
+
+
+def test_null_threshold_separates_pasted_copies_and_sees_a_continuum():
+    rng = np.random.default_rng(0)
+    bulk = np.exp(rng.normal(0.0, 0.25, 3000))
+    copies = np.concatenate([np.full(30, 0.05), bulk])
+    null = null_threshold(copies, 0.01)
+    assert null["hosts"] == 30 and null["lookalike_ratio"] < 0.2
+    continuum = np.concatenate([np.exp(rng.normal(-1.0, 0.3, 300)), bulk])  # look-alikes all the way down
+    assert null_threshold(continuum, 0.01)["lookalike_ratio"] > 0.5
+    assert null_threshold(bulk, 0.01)["hosts"] <= 2
+
+
+def test_residuals_find_a_copy_at_any_sub_pixel_phase():
+    images = _noise_images(4, 40)
+    pattern = torch.from_numpy(_pattern(12).astype(np.float32) / 255)
+    x = torch.from_numpy(images.astype(np.float32) / 255)
+    x[1, :, 10:22, 5:17] = pattern
+    half = (pattern[:, :, :-1] + pattern[:, :, 1:]) / 2  # the copy resampled half a pixel over
+    x[2, :, 20:32, 20:31] = half
+    pasted = (x * 255).round().byte().numpy()
+    residual, corner = residuals(pasted, np.arange(4), [pattern], 2, torch.device("cpu"))
+    assert residual[1, 0] < 0.02 and tuple(corner[1, 0]) == (10, 5)
+    assert residual[2, 0] < 0.1
+    assert residual[[0, 3], 0].min() > 5 * residual[2, 0]
+
+
+def test_match_residual_is_zero_for_a_copy_and_large_for_other_content():
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.random((1, 3, 32, 32)).astype(np.float32))
+    template = image[0, :, 5:15, 7:17].clone()
+    residual = match_residual(image, template)
+    assert residual.shape == (1, 23, 23) and residual[0, 5, 7] < 1e-4
+    other = torch.from_numpy(rng.random((1, 3, 32, 32)).astype(np.float32))
+    assert match_residual(other, template).min() > 0.5
+
+
+def test_paste_and_fill_edit_only_the_box():
+    images = torch.zeros((16, 3, 32, 32))
+    pasted, boxes = paste(images, torch.ones((3, 5, 5)), np.random.default_rng(0))
+    assert torch.all(pasted.sum(dim=(1, 2, 3)) == 75)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        assert pasted[i, :, y0:y1, x0:x1].min() == 1
+    filled = fill_box(pasted, boxes, "mean")
+    assert filled.sum() < pasted.sum() and torch.equal(images, torch.zeros_like(images))
+
+
+def test_a_pattern_in_most_of_the_data_is_reported_not_quarantined():
+    flagged = np.array([True] * 6 + [False] * 4 + [True, True])
+    which = np.array([0] * 10 + [1, 1])
+    kept, shares, warnings = prevalence_guard(flagged, which, patterns=2, limit=0.3)
+    assert shares == [0.5, 2 / 12]
+    assert kept.tolist() == [False] * 10 + [True, True]
+    assert len(warnings) == 1 and "prevalence guard" in warnings[0]
+
+
+def test_block_around_finds_the_consistent_square():
+    consistent = np.zeros((26, 26), bool)
+    consistent[7:19, 9:21] = True
+    assert block_around(consistent, (10, 10, 16, 16)) == (9, 7, 21, 19)
+    assert block_around(np.zeros((26, 26), bool), (10, 10, 16, 16)) is None

@@ -19,16 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_guard.detect.copies.edits import as_float
-
-
-def match_residual(images: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
-    """(B, 3, R, R), (3, h, w) -> (B, R-h+1, R-w+1): squared residual of each window against the
-    template, divided by the template's own variance (0 = exact copy, about 2 = unrelated)."""
-    _, th, tw = template.shape
-    energy = F.avg_pool2d((images * images).sum(1, keepdim=True), (th, tw), stride=1)[:, 0] * (th * tw)
-    cross = F.conv2d(images, template[None])[:, 0]
-    spread = ((template - template.mean(dim=(1, 2), keepdim=True)) ** 2).sum().clamp_min(1e-6)
-    return ((energy - 2 * cross + (template * template).sum()) / spread).clamp_min(0)
+# the same dense residual, prevalence guard and targeted readout as `mine`: one copy of each
+from ssl_guard.detect.mine import host_concentration, match_residual, prevalence_guard  # noqa: F401
 
 
 def phases(template: torch.Tensor) -> torch.Tensor:
@@ -94,41 +86,3 @@ def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tenso
         full[h // 2 : h // 2 + heat.shape[0], w // 2 : w // 2 + heat.shape[1]] = heat
         maps[int(row)] = full.cpu().numpy().astype(np.float16)
     return maps
-
-
-def prevalence_guard(flagged: np.ndarray, which: np.ndarray, patterns: int, limit: float) -> tuple[np.ndarray, list[float], list[str]]:
-    """Unflag the samples of any pattern found in more than `limit` of the data.
-
-    A "trigger" carried by a large share of a dataset is a property of the data (a watermark, a
-    frame, a logo), not a poison: it is reported, and quarantining half the data is left to a
-    person's decision.
-
-    Returns:
-        the new flags (N,) bool, each pattern's flagged share, and one warning per guarded pattern.
-    """
-    flagged = flagged.copy()
-    shares, warnings = [], []
-    for t in range(patterns):
-        share = float((flagged & (which == t)).mean()) if len(flagged) else 0.0
-        shares.append(share)
-        if share > limit:
-            warnings.append(f"pattern {t} matches {share:.0%} of the data, above the prevalence guard of {limit:.0%}: a property of the data, not quarantined")
-            flagged &= which != t
-    return flagged, shares, warnings
-
-
-def host_concentration(hosts: np.ndarray, semantic: np.ndarray, rng: np.random.Generator, draws: int = 200) -> dict[str, float]:
-    """How concentrated a pattern's hosts are in one semantic cluster, against chance.
-
-    A targeted attack draws every poison from one class, so its hosts pile up in that class's
-    clusters; an untargeted attack or a benign watermark spreads them like a random sample.
-    `cluster_share` is the hosts' share in their most common cluster, `chance_share` the 99th
-    percentile of the same over `draws` random samples of as many images; `targeted` is 1.0 when
-    the hosts beat it.
-    """
-    def top_share(rows: np.ndarray) -> float:
-        return float(np.bincount(semantic[rows]).max() / max(1, len(rows)))
-
-    share = top_share(hosts)
-    chance = float(np.quantile([top_share(rng.choice(len(semantic), len(hosts), replace=False)) for _ in range(draws)], 0.99))
-    return {"cluster_share": share, "chance_share": chance, "targeted": float(share > chance)}

@@ -202,12 +202,9 @@ print(json.dumps(out))
 MINE_ALONE = """
 import sys, threading, time, json, numpy as np
 from ssl_guard.detect.mine import detect_mine, MineConfig
-from ssl_guard.encoders import load_encoder
-from ssl_guard.config import DEFAULT_MINING_ENCODER
 run, n, cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 images = np.load(run + "/images.u8.npy", mmap_mode="r")[:n]
 semantic = np.load(run + "/semantic.npy")[:n]
-net = load_encoder(DEFAULT_MINING_ENCODER.replace("resolution=64", "resolution=%d" % images.shape[-1]), "cpu")
 state = {"stage": "start-up", "peaks": {}}
 def anon():
     for line in open("/proc/self/status"):
@@ -226,7 +223,7 @@ class Stages:  # stands in for the progress bar: records which sub-stage is runn
         pass
 base = anon()
 threading.Thread(target=poll, daemon=True).start()
-detection = detect_mine(images, lambda x: net.feature_maps(x, [0])[0], net.stage_stride(0), semantic, MineConfig(mining_images=cap), "cpu", Stages())
+detection = detect_mine(images, semantic, MineConfig(mining_images=cap), "cpu", Stages())
 print(json.dumps({"images": n, "mining_images": cap, "base": base, "peaks": state["peaks"], "flagged": int(detection.flagged.sum())}))
 """
 

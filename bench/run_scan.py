@@ -29,7 +29,6 @@ def main() -> int:
     parser.add_argument("--method", default="mine")
     parser.add_argument("--encoder", default="auto")
     parser.add_argument("--resolution", type=int, default=None)
-    parser.add_argument("--descriptor-encoder", default=None, help="mine's descriptor network (default: the scan's)")
     parser.add_argument("--tag", default="", help="appended to the run folder's name")
     parser.add_argument("--runs", type=Path, default=ROOT / "work" / "runs")
     args = parser.parse_args()
@@ -42,8 +41,6 @@ def main() -> int:
     command = [sys.executable, "-m", "ssl_guard", "scan", str(shards), "--out", str(run), "--method", args.method, "--encoder", args.encoder, "--quiet"]
     if args.resolution:
         command += ["--resolution", str(args.resolution)]
-    if args.descriptor_encoder:
-        command += ["--descriptor-encoder", args.descriptor_encoder]
     timed = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
     if timed.returncode != 0:
         print(timed.stdout, timed.stderr, file=sys.stderr)

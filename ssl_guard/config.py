@@ -1,5 +1,5 @@
 """Settings of the `scan` command: the top-level defaults, and the typed sub-configs of each detector
-(`MineConfig` here; `ClusterMaskingConfig` and `BootstrapConfig` beside their code, validated
+(`MineConfig`, `ClusterMaskingConfig` and `BootstrapConfig` live beside their code and are validated
 before any stage runs)."""
 
 from __future__ import annotations
@@ -8,13 +8,14 @@ from typing import Literal
 
 import pydantic
 
-from ssl_guard.detect.mine import DESCRIPTOR_ENCODER, MineConfig
+from ssl_guard.detect.mine import MineConfig
 
 Method = Literal["auto", "mine", "poisoncam", "patchsearch", "ensemble"]
 
-# With no trained encoder (`--encoder auto`) the scan's encoder is `mine`'s descriptor network:
-# no training, and its embeddings still give the semantic clusters of the targeted test.
-DEFAULT_MINING_ENCODER = DESCRIPTOR_ENCODER
+# With no trained encoder (`--encoder auto`) the scan embeds with a seeded random ResNet-18: no
+# training, and its embeddings still give the semantic clusters of the targeted / untargeted test
+# (`mine` itself reads only the pixels). The pipeline sets its resolution to the scan's.
+DEFAULT_MINING_ENCODER = "random:resnet18?width=64&resolution=64&seed=0"
 
 
 class ScanConfig(pydantic.BaseModel):

@@ -24,14 +24,11 @@ class MethodChoice(str, Enum):
 def command(
     data: List[str] = options.DATA,
     out: Path = options.OUT_RUN,
-    encoder: str = typer.Option("auto", "--encoder", "-e", help="hub:org/name[@rev], an encoder folder, bootstrap, random:..., or auto (a random stem for mine)."),
+    encoder: str = typer.Option("auto", "--encoder", "-e", help="hub:org/name[@rev], an encoder folder, bootstrap, random:..., or auto (a seeded random ResNet-18: no training)."),
     method: MethodChoice = typer.Option(MethodChoice.auto, "--method", "-m", help="auto: mine, plus poisoncam when the encoder is a trained SSL model."),
     resolution: Optional[int] = typer.Option(None, "--resolution", min=16, max=1024, help="Scan resolution (default: the encoder's)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Reviewed decisions (ssl-guard review); their false positives are not quarantined."),
-    descriptor_encoder: Optional[str] = typer.Option(
-        None, "--descriptor-encoder", help="mine's descriptor network (default: a seeded random ResNet-18 stem; any --encoder spec)."
-    ),
     bootstrap_epochs: Optional[int] = typer.Option(None, "--bootstrap-epochs", min=1, help="Epochs of --encoder bootstrap."),
     device: str = options.DEVICE,
     workers: int = options.WORKERS,
@@ -44,8 +41,6 @@ def command(
     from ssl_guard.report.console import print_summary
 
     overrides = {"resolution": resolution, "batch_size": batch_size}
-    if descriptor_encoder:
-        overrides["mine"] = {"descriptor_encoder": descriptor_encoder}
     if bootstrap_epochs:
         overrides["bootstrap"] = {"epochs": bootstrap_epochs}
     result = scan(

@@ -69,7 +69,7 @@ def scan(
     Args:
         data: image folders, shards, shard folders or brace patterns.
         out: the run folder; must be new unless `resume`.
-        encoder: "auto" (a random stem for `mine`), "bootstrap", "hub:org/name[@rev]", a folder, or "random:...".
+        encoder: "auto" (a seeded random ResNet-18 for the semantic clusters), "bootstrap", "hub:org/name[@rev]", a folder, or "random:...".
         method: "auto" (`mine`, plus `poisoncam` when the encoder is a trained SSL model),
             "mine", "poisoncam", "patchsearch" or "ensemble" (mine + poisoncam).
         baseline: a reviewed-decisions file; its false positives stay out of the quarantine.
@@ -240,18 +240,10 @@ def _detectors(method: str, net) -> list[str]:
 def _run_detector(name: str, arrays: ScanArrays, semantic: np.ndarray, net, config: ScanConfig, device, bar, resolution: int) -> Detection:
     if name == "mine":
         from ssl_guard.detect.mine import detect_mine
-        from ssl_guard.encoders import load_encoder
 
-        # mine's descriptors come from a fixed, seeded random stem at the scan resolution: it needs
-        # no training, and its 11 px cells match a patch trigger's size at 64 px; the threat
-        # model still provides the semantic clusters of the targeted / untargeted test
-        describer = load_encoder(_at_resolution(config.mine.descriptor_encoder, resolution), device)
-        stage = config.mine.stage
-
-        def features(x):
-            return describer.feature_maps(x, [stage])[0]
-
-        return detect_mine(arrays.images, features, describer.stage_stride(stage), semantic, config.mine, device, bar)
+        # mine reads only the scan's pixels; the threat model provides the semantic clusters of
+        # the targeted / untargeted test
+        return detect_mine(arrays.images, semantic, config.mine, device, bar)
     from ssl_guard.detect.poisoncam import ClusterMaskingConfig, detect_clusters
 
     return detect_clusters(arrays.images, arrays.embeddings, net, ClusterMaskingConfig(**config.cluster), name, device, bar)

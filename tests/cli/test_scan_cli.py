@@ -22,20 +22,6 @@ def test_scan_cli_writes_a_run_and_refuses_to_overwrite_it(tmp_path, capsys):
     assert main(["eval", str(run), "--truth", str(tmp_path / "truth.csv")]) == 2  # no such truth file
 
 
-def test_scan_cli_takes_another_descriptor_network_for_mine(tmp_path, capsys):
-    import json
-
-    shards, _ = write_planted_shards(tmp_path, n=240, poisons=30)
-    run = tmp_path / "run"
-    spec = "random:resnet18?width=32&seed=3"
-    assert main(["scan", str(shards), "--out", str(run), "--workers", "0", "--quiet", "--method", "mine", "--descriptor-encoder", spec]) == 0
-    assert "30 quarantined of 240" in capsys.readouterr().out
-    assert json.loads((run / "run.json").read_text())["config"]["mine"]["descriptor_encoder"] == spec
-    bad = ["scan", str(shards), "--out", str(tmp_path / "bad"), "--workers", "0", "--quiet", "--descriptor-encoder", str(tmp_path / "none")]
-    assert main(bad) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
-
-
 def test_scan_cli_user_errors_exit_2_with_one_line(tmp_path, capsys):
     cases = [
         ["scan", str(tmp_path / "missing"), "--out", str(tmp_path / "r1")],

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_guard.detect.copies.edits import as_float
+from ssl_guard.detect.mine.edits import as_float
 
 
 @dataclass

@@ -15,6 +15,6 @@ hosts repeat, but its pixels do. The steps, one per module:
 `detector` chains them; `edits` holds the image edits (fill, paste) the steps and tests share.
 """
 
-from ssl_guard.detect.copies.detector import MineConfig, detect_mine
+from ssl_guard.detect.mine.detector import MineConfig, detect_mine
 
 __all__ = ["MineConfig", "detect_mine"]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ssl_guard.detect.copies.agreement import pair_agreement, resampling_tolerance
-from ssl_guard.detect.copies.candidates import triangle_groups
-from ssl_guard.detect.copies.descriptors import Keypoints, describe
-from ssl_guard.detect.copies.edits import fill_box, paste
-from ssl_guard.detect.copies.extraction import block_around
-from ssl_guard.detect.copies.matching import neighbour_pairs
-from ssl_guard.detect.copies.scoring import (
+from ssl_guard.detect.mine.agreement import pair_agreement, resampling_tolerance
+from ssl_guard.detect.mine.candidates import triangle_groups
+from ssl_guard.detect.mine.descriptors import Keypoints, describe
+from ssl_guard.detect.mine.edits import fill_box, paste
+from ssl_guard.detect.mine.extraction import block_around
+from ssl_guard.detect.mine.matching import neighbour_pairs
+from ssl_guard.detect.mine.scoring import (
     match_residual,
     null_threshold,
     prevalence_guard,

@@ -7,7 +7,7 @@ import math
 import faiss
 import numpy as np
 
-from ssl_guard.detect.copies.descriptors import Keypoints
+from ssl_guard.detect.mine.descriptors import Keypoints
 
 
 def neighbour_pairs(points: Keypoints, k: int, exact_below: int = 60_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

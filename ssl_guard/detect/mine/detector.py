@@ -9,12 +9,12 @@ import numpy as np
 import pydantic
 import torch
 
-from ssl_guard.detect.copies.agreement import pair_agreement, resampling_tolerance
-from ssl_guard.detect.copies.candidates import best_pair_in, triangle_groups
-from ssl_guard.detect.copies.descriptors import describe
-from ssl_guard.detect.copies.extraction import Pattern, refine, seed_template
-from ssl_guard.detect.copies.matching import neighbour_pairs
-from ssl_guard.detect.copies.scoring import (
+from ssl_guard.detect.mine.agreement import pair_agreement, resampling_tolerance
+from ssl_guard.detect.mine.candidates import best_pair_in, triangle_groups
+from ssl_guard.detect.mine.descriptors import describe
+from ssl_guard.detect.mine.extraction import Pattern, refine, seed_template
+from ssl_guard.detect.mine.matching import neighbour_pairs
+from ssl_guard.detect.mine.scoring import (
     host_concentration,
     match_maps,
     null_threshold,
@@ -35,6 +35,7 @@ class MineConfig(pydantic.BaseModel):
     neighbours: int = pydantic.Field(8, ge=1, le=64, description="nearest keypoints in other images per keypoint")
     window: float = pydantic.Field(0.14, gt=0, le=0.5, description="half-side of the agreement window, share of the scan side")
     mining_images: int = pydantic.Field(20_000, ge=100, description="images sampled for mining; the rest are only scored")
+    probe_images: int = pydantic.Field(3_000, ge=100, description="random images each candidate template is matched in while it is tested (with its group's own)")
     max_candidates: int = pydantic.Field(12, ge=1, description="candidate groups extracted and tested")
     min_hosts: int | None = pydantic.Field(None, ge=3, description="fewest hosts a pattern needs; default 0.1% of the data, at least 5")
     alpha: float = pydantic.Field(0.01, gt=0, lt=1, description="chance of one false host per pattern and scan (the null's Bonferroni level)")
@@ -53,9 +54,12 @@ class MineConfig(pydantic.BaseModel):
         return MineConfig(**values)
 
 
-def _test_pattern(images: np.ndarray, mined: np.ndarray, template: torch.Tensor, config: MineConfig, device: torch.device) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    residual, corner = residuals(images, mined, [template], config.batch_size, device)
-    null = null_threshold(residual[:, 0], config.alpha)
+def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, template: torch.Tensor, config: MineConfig, device: torch.device) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Match `template` in the images `probe` (its first `sampled` rows a random sample of the
+    scan, the rest the candidate group's images); the null is fitted on the random sample only."""
+    residual, corner = residuals(images, probe, [template], config.batch_size, device)
+    threshold = null_threshold(residual[:sampled, 0], config.alpha, total)["threshold"]
+    null = null_threshold(residual[:sampled, 0], config.alpha, total, int((residual[:, 0] < threshold).sum()))
     return null, residual[:, 0], corner[:, 0]
 
 
@@ -105,6 +109,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     image_a, image_b = points.image[a], points.image[b]
     groups = triangle_groups(image_a, image_b, evidence, n, budget=len(mined), min_size=3)
     advance = stage("mine: verify", min(len(groups), config.max_candidates))
+    sample = np.sort(rng.choice(n, min(n, config.probe_images), replace=False))
     accepted: list[tuple[Pattern, dict[str, float]]] = []
     report: list[dict] = []
     covered: set[int] = set()
@@ -113,11 +118,12 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
         if len(covered.intersection(group.tolist())) > 0.5 * len(group):
             continue  # a part of a pattern already in the bank
         verdict, evidence_row, pattern = "no seed region", {"group": float(len(group))}, None
+        probe = np.concatenate([sample, np.setdiff1d(group, sample)])
         for pair in best_pair_in(group, image_a, image_b, evidence, 3):
             template = seed_template(images, int(image_a[pair]), float(points.x[a[pair]]), float(points.y[a[pair]]), region[pair])
             if template is None:
                 continue
-            null, residual, corner = _test_pattern(images, mined, template, config, device)
+            null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device)
             hosts = residual < null["threshold"]
             if hosts.sum() < 3:
                 verdict = "seed matches too few images"
@@ -126,12 +132,12 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             # pass sees more copies, so the shared block and its median sharpen
             refined = None
             for _ in range(3):
-                better = refine(images, mined[hosts], corner[hosts], template if refined is None else refined)
+                better = refine(images, probe[hosts], corner[hosts], template if refined is None else refined)
                 if better is None:
                     break
-                trial_null, trial_residual, trial_corner = _test_pattern(images, mined, better, config, device)
+                trial_null, trial_residual, trial_corner = _test_pattern(images, probe, len(sample), n, better, config, device)
                 trial_hosts = trial_residual < trial_null["threshold"]
-                if refined is not None and trial_hosts.sum() <= hosts.sum():
+                if trial_hosts.sum() < 3 or (refined is not None and trial_hosts.sum() <= hosts.sum()):
                     break
                 refined, null, residual, corner, hosts = better, trial_null, trial_residual, trial_corner, trial_hosts
             if refined is None:
@@ -139,9 +145,12 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
                 continue
             h, w = refined.shape[1:]
             boxes = np.stack([corner[hosts, 1], corner[hosts, 0], corner[hosts, 1] + w, corner[hosts, 0] + h], 1).astype(np.int32)
-            pattern = Pattern(refined, mined[hosts], boxes, residual[hosts])
+            pattern = Pattern(refined, probe[hosts], boxes, residual[hosts])
             evidence_row = {"group": float(len(group)), **null, "height": float(h), "width": float(w), "tolerance": tolerance, "host_residual": float(np.median(residual[hosts])) if hosts.any() else float("nan")}
-            if hosts.sum() < config.min_hosts:
+            # hosts in the whole scan: the random sample's share scaled up, or those seen if more
+            expected_hosts = max(float(hosts.sum()), float(hosts[: len(sample)].sum()) * n / len(sample))
+            evidence_row["expected_hosts"] = expected_hosts
+            if expected_hosts < config.min_hosts:
                 verdict = f"fewer than {config.min_hosts} hosts"
             elif null["lookalike_ratio"] > config.max_lookalike_ratio:
                 verdict = "rejected: natural look-alikes form a continuum"
@@ -174,6 +183,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     y, x = corner[np.arange(n), which, 0], corner[np.arange(n), which, 1]
     sizes = np.array([t.shape[1:] for t in templates])[which]
     boxes = np.stack([x, y, x + sizes[:, 1], y + sizes[:, 0]], 1).astype(np.int32)
+    raw_flagged = flagged
     flagged, shares, guard_warnings = prevalence_guard(flagged, which, len(accepted), config.prevalence_guard)
     warnings.extend(guard_warnings)
     boxes[~flagged] = -1
@@ -185,7 +195,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             host=int(pattern.hosts[0]),
             box=tuple(int(v) for v in pattern.boxes[0]),
             score=float(1.0 - row["host_residual"] / max(row["threshold"], 1e-6) / 2),
-            hosts=len(pattern.hosts),
+            hosts=int((raw_flagged & (which == t)).sum()),
             targeted=None if "targeted" not in row else bool(row["targeted"]),
             evidence=row,
         ))

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_guard.detect.copies.descriptors import Keypoints
-from ssl_guard.detect.copies.edits import as_float, smooth
+from ssl_guard.detect.mine.descriptors import Keypoints
+from ssl_guard.detect.mine.edits import as_float, smooth
 
 
 def resampling_tolerance(images: np.ndarray, rows: np.ndarray, quantile: float = 0.75) -> float:

@@ -1,0 +1,156 @@
+"""Step 6: every image scored against the bank, with thresholds from the scan's own null.
+
+A template is matched densely in every image (the normalised squared residual of the best
+window). Almost every image is unrelated to a given pattern, so the bulk of the residuals is the
+null: its median and spread (MAD) are measured on the scan itself, and an image is a host when its
+residual is further below the bulk than any of the N images would be by chance (Bonferroni on a
+log-normal fit: z = Φ⁻¹(1 − α/N)). A pasted patch's copies sit far below that line; a natural
+look-alike's matches form a continuum that runs into it, which `lookalike_ratio` measures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from statistics import NormalDist
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssl_guard.detect.mine.edits import as_float
+
+
+def match_residual(images: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """Normalised residual of `template` at every position of every image.
+
+    `residual = |P - T|^2 / |T - mean(T)|^2`, with P the image window: 0 for an exact copy, about
+    1 or more for unrelated content. Not scale-invariant on purpose: an opaque pasted patch keeps
+    its pixel values, while natural look-alikes only share a shape.
+
+    Args:
+        images: (B, 3, H, W) float in [0, 1].
+        template: (3, h, w) float in [0, 1].
+
+    Returns:
+        (B, H - h + 1, W - w + 1) residuals.
+    """
+    _, th, tw = template.shape
+    window_energy = F.avg_pool2d((images * images).sum(1, keepdim=True), (th, tw), stride=1) * (th * tw)
+    cross = F.conv2d(images, template[None])
+    template_energy = (template * template).sum()
+    spread = ((template - template.mean(dim=(1, 2), keepdim=True)) ** 2).sum().clamp_min(1e-6)
+    return ((window_energy - 2 * cross + template_energy) / spread).squeeze(1).clamp_min(0)
+
+
+def phases(template: torch.Tensor) -> torch.Tensor:
+    """The template and its copies shifted by half a pixel right, down and both (bilinear, one
+    pixel cropped): (4, 3, h-1, w-1). A copy pasted at another sub-pixel phase matches one of them
+    as closely as an aligned copy matches the template."""
+    t = template
+    shifts = [t[:, :-1, :-1], (t[:, :-1, :-1] + t[:, :-1, 1:]) / 2, (t[:, :-1, :-1] + t[:, 1:, :-1]) / 2, (t[:, :-1, :-1] + t[:, 1:, 1:] + t[:, :-1, 1:] + t[:, 1:, :-1]) / 4]
+    return torch.stack(shifts)
+
+
+def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], batch_size: int, device: torch.device, advance: Callable[[int], None] = lambda k: None) -> tuple[np.ndarray, np.ndarray]:
+    """Best residual of each template in each image of `rows`: (len(rows), T) float32, and the
+    best window's top-left corner (len(rows), T, 2) int32 as (y, x)."""
+    out = np.full((len(rows), len(templates)), np.inf, np.float32)
+    corner = np.zeros((len(rows), len(templates), 2), np.int32)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        pixels = as_float(images[chunk], device)
+        for t, template in enumerate(templates):
+            residual = torch.stack([match_residual(pixels, shifted) for shifted in phases(template.to(device))]).amin(0)
+            b, h, w = residual.shape
+            value, flat = residual.reshape(b, -1).min(dim=1)
+            out[start : start + len(chunk), t] = value.cpu().numpy()
+            corner[start : start + len(chunk), t, 0] = (flat // w).cpu().numpy()
+            corner[start : start + len(chunk), t, 1] = (flat % w).cpu().numpy()
+        advance(len(chunk))
+    return out, corner
+
+
+def null_threshold(residual: np.ndarray, alpha: float, total: int | None = None, hosts_seen: int | None = None) -> dict[str, float]:
+    """The host threshold of one pattern from its residuals over a random sample of a scan.
+
+    Args:
+        residual: the pattern's best residual in each image of a random sample (or of the scan).
+        alpha: chance of one false host in the whole scan.
+        total: images in the scan (default: the sample's size); the Bonferroni level is α/total.
+        hosts_seen: hosts found in all the images matched (the sample and any others); default:
+            those in the sample.
+
+    Returns the threshold, the bulk's median and spread (log residual), and the lookalike ratio:
+    the images just above the threshold beyond what the fitted null predicts there, scaled to the
+    scan, per host. A pasted patch leaves that band as empty as the null says; natural
+    look-alikes fill it.
+    """
+    total = total or len(residual)
+    logs = np.log(np.maximum(residual, 1e-6))
+    median = float(np.median(logs))
+    spread = float(1.4826 * np.median(np.abs(logs - median))) or 1e-6
+    null = NormalDist()
+    z = null.inv_cdf(1 - alpha / max(2, total))
+    cut = median - z * spread
+    hosts = int((logs < cut).sum()) if hosts_seen is None else hosts_seen
+    # the band just above the threshold (z down to 0.75 z below the bulk): what the null predicts
+    # there is next to nothing; images beyond that prediction are look-alikes
+    band = int(((logs >= cut) & (logs < median - 0.75 * z * spread)).sum())
+    expected = len(residual) * (null.cdf(-0.75 * z) - null.cdf(-z))
+    excess = max(0.0, band - expected) * total / max(1, len(residual))
+    return {"threshold": float(math.exp(cut)), "bulk_median": float(math.exp(median)), "bulk_spread": spread, "z": float(z), "hosts": float(hosts), "lookalike_ratio": excess / max(hosts, 1)}
+
+
+def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], which: np.ndarray, thresholds: np.ndarray, device: torch.device) -> dict[int, np.ndarray]:
+    """Where in each image its best pattern matches: row -> (R, R) float16 in [0, 1], 1 where the
+    window centred there is an exact copy, 0 at twice the pattern's threshold and beyond."""
+    maps: dict[int, np.ndarray] = {}
+    for row in rows.tolist():
+        t = int(which[row])
+        template = templates[t]
+        residual = match_residual(as_float(images[row : row + 1], device), template.to(device))[0]
+        heat = (1.0 - residual / (2 * float(thresholds[t]))).clamp(0, 1)
+        h, w = template.shape[1:]
+        full = torch.zeros(images.shape[-2:], device=heat.device)
+        full[h // 2 : h // 2 + heat.shape[0], w // 2 : w // 2 + heat.shape[1]] = heat
+        maps[int(row)] = full.cpu().numpy().astype(np.float16)
+    return maps
+
+
+def prevalence_guard(flagged: np.ndarray, which: np.ndarray, patterns: int, limit: float) -> tuple[np.ndarray, list[float], list[str]]:
+    """Unflag the samples of any pattern found in more than `limit` of the data (the decide stage, docs/architecture.md).
+
+    A "trigger" carried by a large share of a dataset is a property of the data (a watermark, a
+    frame, a logo), not a poison: it is reported, and quarantining half the data is left to a
+    person's decision.
+
+    Returns:
+        the new flags (N,) bool, each pattern's flagged share, and one warning per guarded pattern.
+    """
+    flagged = flagged.copy()
+    shares, warnings = [], []
+    for t in range(patterns):
+        share = float((flagged & (which == t)).mean()) if len(flagged) else 0.0
+        shares.append(share)
+        if share > limit:
+            warnings.append(f"pattern {t} matches {share:.0%} of the data, above the prevalence guard of {limit:.0%}: a property of the data, not quarantined")
+            flagged &= which != t
+    return flagged, shares, warnings
+
+
+def host_concentration(hosts: np.ndarray, semantic: np.ndarray, rng: np.random.Generator, draws: int = 200) -> dict[str, float]:
+    """How concentrated a pattern's hosts are in one semantic cluster, against chance.
+
+    The targeted SSL-Backdoor attack draws every poison from one class, so its hosts pile up in the
+    clusters of that class; an untargeted attack or a benign watermark spreads them like any random
+    sample. `cluster_share` is the share of hosts in their most common cluster; `chance_share` the
+    99th percentile of the same statistic over `draws` random samples of as many images;
+    `targeted` is 1.0 when the hosts beat it.
+    """
+    def top_share(rows: np.ndarray) -> float:
+        return float(np.bincount(semantic[rows]).max() / max(1, len(rows)))
+
+    share = top_share(hosts)
+    chance = float(np.quantile([top_share(rng.choice(len(semantic), len(hosts), replace=False)) for _ in range(draws)], 0.99))
+    return {"cluster_share": share, "chance_share": chance, "targeted": float(share > chance)}

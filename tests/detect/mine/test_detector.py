@@ -1,0 +1,71 @@
+"""The `mine` detector end to end on generated arrays: a planted patch is found, localised and
+flagged; clean data, and data whose only repeat is a natural near-duplicate, are left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ssl_guard.detect.mine import MineConfig, detect_mine
+from tests.detect.planted import R, planted_patch_images
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_patch_images(400, 24)
+
+
+def test_planted_patch_is_localised_and_flagged_and_clean_images_are_not(planted):
+    images, truth, boxes = planted
+    semantic = np.array([0 if i < 100 else 1 + i % 3 for i in range(len(images))])
+    detection = detect_mine(images, semantic, MineConfig())
+    assert detection.flagged[truth].all(), "every poison is flagged"
+    assert not detection.flagged[~truth].any(), "no clean image is flagged"
+    assert detection.scores[truth].min() > detection.scores[~truth].max()
+    ious = [_iou(detection.boxes[i], boxes[i]) for i in np.nonzero(truth)[0]]
+    assert np.median(ious) > 0.5
+    assert len(detection.bank) == 1
+    pattern = detection.bank[0]
+    assert pattern.hosts == truth.sum() and pattern.targeted is True
+    # the threshold comes from the scan's null, below the unrelated bulk; the copies sit far below it
+    assert pattern.evidence["threshold"] < pattern.evidence["bulk_median"]
+    assert pattern.evidence["host_residual"] < 0.25 * pattern.evidence["threshold"]
+
+
+def test_an_untargeted_pattern_is_found_and_read_as_untargeted():
+    images, truth, _ = planted_patch_images(400, 24, seed=2, spread=True)
+    semantic = np.array([0 if i < 100 else 1 + i % 3 for i in range(len(images))])
+    detection = detect_mine(images, semantic, MineConfig())
+    assert detection.flagged[truth].mean() >= 0.9 and not detection.flagged[~truth].any()
+    assert detection.bank and detection.bank[0].targeted is False
+
+
+def test_no_poison_means_nothing_quarantined():
+    images, _, _ = planted_patch_images(300, 0, seed=1)
+    detection = detect_mine(images, None, MineConfig())
+    assert not detection.flagged.any()
+    assert detection.bank == []
+    assert any("nothing quarantined" in w for w in detection.warnings)
+
+
+def test_natural_near_duplicates_are_not_a_trigger():
+    images, _, _ = planted_patch_images(300, 0, seed=4)
+    rng = np.random.default_rng(0)
+    # 10 photos each appear 3 more times, whole: a repeat of a whole image is not a pasted patch
+    for source in range(10):
+        for target in rng.choice(np.arange(100, 300), 3, replace=False):
+            images[target] = images[source]
+    detection = detect_mine(images, None, MineConfig())
+    assert detection.flagged.sum() <= 0.001 * len(images) + 1e-9
+
+
+def test_empty_dataset_gives_an_empty_detection():
+    detection = detect_mine(np.zeros((0, 3, R, R), np.uint8))
+    assert len(detection.scores) == 0 and not detection.flagged.any()

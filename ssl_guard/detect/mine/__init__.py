@@ -1,4 +1,4 @@
-"""`copies` (the next `mine`, not yet the default): find a patch trigger as a pattern pasted into many unrelated images, with no backdoored encoder.
+"""`mine`: find a patch trigger as a pattern pasted into many unrelated images, with no backdoored encoder.
 
 A patch attack pastes one small image into tens or thousands of photos. Neither its position nor its
 hosts repeat, but its pixels do. The steps, one per module:

@@ -12,7 +12,7 @@ hosts repeat, but its pixels do. The steps, one per module:
 5. `extraction`: the block a group's hosts share, cut out as the pattern's template;
 6. `scoring`: every image matched against each template, hosts and look-alikes decided by a null
    measured on the scan itself;
-`detector` chains them; `edits` holds the image edits (fill, paste) the steps and tests share.
+`detector` chains them; `edits` holds the pixel helpers the steps share.
 """
 
 from ssl_guard.detect.mine.detector import MineConfig, detect_mine

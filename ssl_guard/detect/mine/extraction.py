@@ -52,7 +52,8 @@ def refine(images: np.ndarray, hosts: np.ndarray, corners: np.ndarray, template:
         hosts: rows matching the template; corners: (H, 2) y, x of each match's top-left.
     Returns:
         the median of the hosts' pixels over the shared block, or None when the hosts agree as
-        much around the template as on it (no pasted block: a natural texture or background).
+        much around the template as on it (no pasted block: a natural texture or background) or
+        the shared block is wider than half the image.
     """
     _, h, w = template.shape
     pad = max(h, w)
@@ -70,6 +71,10 @@ def refine(images: np.ndarray, hosts: np.ndarray, corners: np.ndarray, template:
     if box is None:
         return None
     x0, y0, x1, y1 = box
+    if max(x1 - x0, y1 - y0) > images.shape[-1] // 2:
+        # wider than half the image: a whole-image repeat or a shared background, not a pasted
+        # patch (the threat model's patches are at most a quarter of the side)
+        return None
     return median[:, y0:y1, x0:x1].contiguous()
 
 

@@ -8,7 +8,6 @@ import torch
 from ssl_guard.detect.mine.agreement import pair_agreement, resampling_tolerance
 from ssl_guard.detect.mine.candidates import triangle_groups
 from ssl_guard.detect.mine.descriptors import Keypoints, describe
-from ssl_guard.detect.mine.edits import fill_box, paste
 from ssl_guard.detect.mine.extraction import block_around
 from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.scoring import (
@@ -130,16 +129,6 @@ def test_match_residual_is_zero_for_a_copy_and_large_for_other_content():
     assert match_residual(other, template).min() > 0.5
 
 
-def test_paste_and_fill_edit_only_the_box():
-    images = torch.zeros((16, 3, 32, 32))
-    pasted, boxes = paste(images, torch.ones((3, 5, 5)), np.random.default_rng(0))
-    assert torch.all(pasted.sum(dim=(1, 2, 3)) == 75)
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        assert pasted[i, :, y0:y1, x0:x1].min() == 1
-    filled = fill_box(pasted, boxes, "mean")
-    assert filled.sum() < pasted.sum() and torch.equal(images, torch.zeros_like(images))
-
-
 def test_a_pattern_in_most_of_the_data_is_reported_not_quarantined():
     flagged = np.array([True] * 6 + [False] * 4 + [True, True])
     which = np.array([0] * 10 + [1, 1])
@@ -154,3 +143,20 @@ def test_block_around_finds_the_consistent_square():
     consistent[7:19, 9:21] = True
     assert block_around(consistent, (10, 10, 16, 16)) == (9, 7, 21, 19)
     assert block_around(np.zeros((26, 26), bool), (10, 10, 16, 16)) is None
+
+
+def test_refine_refuses_a_shared_block_wider_than_half_the_image():
+    from ssl_guard.detect.mine.extraction import refine
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (6, 3, 64, 64)).astype(np.uint8)
+    big = rng.integers(0, 256, (3, 40, 40)).astype(np.uint8)
+    images[:, :, 10:50, 12:52] = big  # a 40-px block, the same in every image
+    corners = np.array([[20, 22]] * 6)  # a 20-px seed inside it: the stacked windows reach past the block
+    seed = torch.from_numpy(big[:, 10:30, 10:30].astype(np.float32) / 255)
+    assert refine(images, np.arange(6), corners, seed) is None
+    small = images.copy()
+    small[:, :, 10:50, 12:52] = rng.integers(0, 256, (6, 3, 40, 40)).astype(np.uint8)
+    small[:, :, 20:36, 22:38] = big[:, :16, :16]  # a 16-px block: a patch
+    found = refine(small, np.arange(6), np.array([[23, 25]] * 6), torch.from_numpy(big[:, 3:13, 3:13].astype(np.float32) / 255))
+    assert found is not None and found.shape[1:] == (16, 16)

@@ -58,8 +58,7 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
     """Match `template` in the images `probe` (its first `sampled` rows a random sample of the
     scan, the rest the candidate group's images); the null is fitted on the random sample only."""
     residual, corner = residuals(images, probe, [template], config.batch_size, device)
-    threshold = null_threshold(residual[:sampled, 0], config.alpha, total)["threshold"]
-    null = null_threshold(residual[:sampled, 0], config.alpha, total, int((residual[:, 0] < threshold).sum()))
+    null = null_threshold(residual[:sampled, 0], config.alpha, total, others=residual[sampled:, 0])
     return null, residual[:, 0], corner[:, 0]
 
 
@@ -145,7 +144,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
                 continue
             h, w = refined.shape[1:]
             boxes = np.stack([corner[hosts, 1], corner[hosts, 0], corner[hosts, 1] + w, corner[hosts, 0] + h], 1).astype(np.int32)
-            pattern = Pattern(refined, probe[hosts], boxes, residual[hosts])
+            pattern = Pattern(refined, probe[hosts], boxes)
             evidence_row = {"group": float(len(group)), **null, "height": float(h), "width": float(w), "tolerance": tolerance, "host_residual": float(np.median(residual[hosts])) if hosts.any() else float("nan")}
             # hosts in the whole scan: the random sample's share scaled up, or those seen if more
             expected_hosts = max(float(hosts.sum()), float(hosts[: len(sample)].sum()) * n / len(sample))

@@ -20,12 +20,11 @@ from ssl_guard.detect.mine.edits import as_float
 @dataclass
 class Pattern:
     """A pattern: template (3, h, w) float in [0, 1]; its hosts (rows) and their boxes (H, 4)
-    x0, y0, x1, y1 in scan pixels; each host's residual."""
+    x0, y0, x1, y1 in scan pixels."""
 
     template: torch.Tensor
     hosts: np.ndarray
     boxes: np.ndarray
-    residuals: np.ndarray
 
 
 def seed_template(images: np.ndarray, row: int, x: float, y: float, box: np.ndarray) -> torch.Tensor | None:

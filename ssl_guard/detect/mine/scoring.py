@@ -71,15 +71,15 @@ def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor
     return out, corner
 
 
-def null_threshold(residual: np.ndarray, alpha: float, total: int | None = None, hosts_seen: int | None = None) -> dict[str, float]:
+def null_threshold(residual: np.ndarray, alpha: float, total: int | None = None, others: np.ndarray | None = None) -> dict[str, float]:
     """The host threshold of one pattern from its residuals over a random sample of a scan.
 
     Args:
         residual: the pattern's best residual in each image of a random sample (or of the scan).
         alpha: chance of one false host in the whole scan.
         total: images in the scan (default: the sample's size); the Bonferroni level is α/total.
-        hosts_seen: hosts found in all the images matched (the sample and any others); default:
-            those in the sample.
+        others: the residuals of images matched beyond the sample (a candidate's own group):
+            counted as hosts below the threshold, left out of the null.
 
     Returns the threshold, the bulk's median and spread (log residual), and the lookalike ratio:
     the images just above the threshold beyond what the fitted null predicts there, scaled to the
@@ -93,7 +93,7 @@ def null_threshold(residual: np.ndarray, alpha: float, total: int | None = None,
     null = NormalDist()
     z = null.inv_cdf(1 - alpha / max(2, total))
     cut = median - z * spread
-    hosts = int((logs < cut).sum()) if hosts_seen is None else hosts_seen
+    hosts = int((logs < cut).sum()) + (int((np.asarray(others) < math.exp(cut)).sum()) if others is not None else 0)
     # the band just above the threshold (z down to 0.75 z below the bulk): what the null predicts
     # there is next to nothing; images beyond that prediction are look-alikes
     band = int(((logs >= cut) & (logs < median - 0.75 * z * spread)).sum())

@@ -1,5 +1,5 @@
 """Settings of the `scan` command: the top-level defaults, and the typed sub-configs of each detector
-(`MineConfig`, `ClusterMaskingConfig` and `BootstrapConfig` live beside their code and are validated
+(`MineConfig`, `AdditiveConfig`, `ClusterMaskingConfig` and `BootstrapConfig` live beside their code and are validated
 before any stage runs)."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from typing import Literal
 
 import pydantic
 
+from ssl_guard.detect.additive import AdditiveConfig
 from ssl_guard.detect.mine import MineConfig
 
-Method = Literal["auto", "mine", "poisoncam", "patchsearch", "ensemble"]
+Method = Literal["auto", "mine", "additive", "poisoncam", "patchsearch", "ensemble"]
 
 # With no trained encoder (`--encoder auto`) the scan embeds with a seeded random ResNet-18: no
 # training, and its embeddings still give the semantic clusters of the targeted / untargeted test
@@ -34,6 +35,7 @@ class ScanConfig(pydantic.BaseModel):
     top_suspects: int = pydantic.Field(24, ge=0, le=500)
     seed: int = 0
     mine: MineConfig = pydantic.Field(default_factory=MineConfig)
+    additive: AdditiveConfig = pydantic.Field(default_factory=AdditiveConfig)
     cluster: dict = pydantic.Field(default_factory=dict, description="ClusterMaskingConfig overrides for poisoncam/patchsearch")
     bootstrap: dict = pydantic.Field(default_factory=dict, description="BootstrapConfig overrides for --encoder bootstrap")
 

@@ -16,6 +16,7 @@ NAME = "scan"
 class MethodChoice(str, Enum):
     auto = "auto"
     mine = "mine"
+    additive = "additive"
     poisoncam = "poisoncam"
     patchsearch = "patchsearch"
     ensemble = "ensemble"
@@ -25,7 +26,7 @@ def command(
     data: List[str] = options.DATA,
     out: Path = options.OUT_RUN,
     encoder: str = typer.Option("auto", "--encoder", "-e", help="hub:org/name[@rev], an encoder folder, bootstrap, random:..., or auto (a seeded random ResNet-18: no training)."),
-    method: MethodChoice = typer.Option(MethodChoice.auto, "--method", "-m", help="auto: mine, plus poisoncam when the encoder is a trained SSL model."),
+    method: MethodChoice = typer.Option(MethodChoice.auto, "--method", "-m", help="auto: mine (patches) and additive (blends, CTRL), plus poisoncam when the encoder is a trained SSL model."),
     resolution: Optional[int] = typer.Option(None, "--resolution", min=16, max=1024, help="Scan resolution (default: the encoder's)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Reviewed decisions (ssl-guard review); their false positives are not quarantined."),

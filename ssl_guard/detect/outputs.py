@@ -69,6 +69,8 @@ def write_outputs(run: RunFolder, sources, fingerprints, arrays: ScanArrays, det
 def _reason(detection: Detection, row: int, detector: str) -> str:
     if "mine" in detector:
         return f"carries a repeated trigger pattern (match score {float(detection.scores[row]):.2f})"
+    if "additive" in detector:
+        return f"carries a global signal shared with other images (score {float(detection.scores[row]):.3f}, threshold {detection.threshold:.3f})"
     return f"{detector}: poison score {float(detection.scores[row]):.3f} above the threshold {detection.threshold:.3f}"
 
 

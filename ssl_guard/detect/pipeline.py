@@ -1,7 +1,7 @@
 """`scan`: the whole guard, top to bottom (docs/architecture.md).
 
     sources ─► encoder ─► embed (per unit, resumable) ─► assemble ─► semantic clusters
-            ─► detectors (mine; poisoncam / patchsearch with a trained threat model) ─► combine
+            ─► detectors (mine, additive; poisoncam / patchsearch with a trained threat model) ─► combine
             ─► outputs: scores.csv, quarantine.json, report.json, report.html
 
 Every stage records its input key in the run folder; a re-run with `resume=True` skips what is
@@ -70,8 +70,9 @@ def scan(
         data: image folders, shards, shard folders or brace patterns.
         out: the run folder; must be new unless `resume`.
         encoder: "auto" (a seeded random ResNet-18 for the semantic clusters), "bootstrap", "hub:org/name[@rev]", a folder, or "random:...".
-        method: "auto" (`mine`, plus `poisoncam` when the encoder is a trained SSL model),
-            "mine", "poisoncam", "patchsearch" or "ensemble" (mine + poisoncam).
+        method: "auto" (`mine` for patches and `additive` for global triggers, plus `poisoncam`
+            when the encoder is a trained SSL model), "mine", "additive", "poisoncam",
+            "patchsearch" or "ensemble" (mine + additive + poisoncam).
         baseline: a reviewed-decisions file; its false positives stay out of the quarantine.
         overrides: any other `ScanConfig` field (e.g. `resolution`, `mine={...}`).
     Raises:
@@ -158,7 +159,7 @@ def scan(
         # detectors
         detections: list[Detection] = []
         for name in _detectors(config.method, net):
-            key = stable_hash(semantic_key, name, config.mine if name == "mine" else config.cluster, resolution)
+            key = stable_hash(semantic_key, name, _detector_settings(name, config), resolution)
             stage = f"detect-{name}"
             if not run.done(stage, key):
                 clock = time.perf_counter()
@@ -231,10 +232,19 @@ def _is_trained(net) -> bool:
 
 def _detectors(method: str, net) -> list[str]:
     if method == "auto":
-        return ["mine", "poisoncam"] if _is_trained(net) else ["mine"]
+        return ["mine", "additive", "poisoncam"] if _is_trained(net) else ["mine", "additive"]
     if method == "ensemble":
-        return ["mine", "poisoncam"]
+        return ["mine", "additive", "poisoncam"]
     return [method]
+
+
+def _detector_settings(name: str, config: ScanConfig):
+    """The settings a detector's stage depends on (its cache key)."""
+    if name == "mine":
+        return config.mine
+    if name == "additive":
+        return config.additive
+    return config.cluster
 
 
 def _run_detector(name: str, arrays: ScanArrays, semantic: np.ndarray, net, config: ScanConfig, device, bar, resolution: int) -> Detection:
@@ -244,6 +254,11 @@ def _run_detector(name: str, arrays: ScanArrays, semantic: np.ndarray, net, conf
         # mine reads only the scan's pixels; the threat model provides the semantic clusters of
         # the targeted / untargeted test
         return detect_mine(arrays.images, semantic, config.mine, device, bar)
+    if name == "additive":
+        from ssl_guard.detect.additive import detect_additive
+
+        # global triggers (blends, CTRL): a signal added to many unrelated images, pixels only
+        return detect_additive(arrays.images, semantic, config.additive, device, bar)
     from ssl_guard.detect.poisoncam import ClusterMaskingConfig, detect_clusters
 
     return detect_clusters(arrays.images, arrays.embeddings, net, ClusterMaskingConfig(**config.cluster), name, device, bar)

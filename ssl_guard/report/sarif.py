@@ -25,7 +25,8 @@ SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 UNREADABLE_RULE = "ssl-guard/unreadable-sample"
 
 _DETECTOR_HELP = {
-    "mine": "a small patch recurring near-identically across unrelated images, verified by masking and the flip test",
+    "mine": "a small patch recurring near-identically across unrelated images, above a null measured on the scan",
+    "additive": "a global signal (a blend, a frequency trigger) added to many unrelated images, above a mirrored null measured on the scan",
     "poisoncam": "cluster activation masking (PoisonCAM): masking one region throws the image out of its cluster",
     "patchsearch": "PatchSearch: a Grad-CAM window that drags many images into one cluster when pasted",
 }

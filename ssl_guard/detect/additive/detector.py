@@ -1,0 +1,208 @@
+"""The `additive` detector chained: features of a mined sample, groups, then every image scored."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pydantic
+import torch
+
+from ssl_guard.detect.additive.features import normalized_residuals
+from ssl_guard.detect.additive.groups import Group, grow, mirror_threshold, neighbours, project, robust_z, seed_order
+from ssl_guard.detect.result import Detection, TriggerPattern
+
+
+class AdditiveConfig(pydantic.BaseModel):
+    """Settings of the `additive` detector (docs/additive.md gives the reasons for each default)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    levels: int = pydantic.Field(4, ge=1, le=6, description="octaves of the residual pyramid")
+    eps: float = pydantic.Field(0.25, gt=0, description="grey levels added to the local band energy before dividing (near uint8 rounding noise)")
+    analysis_resolution: int = pydantic.Field(64, ge=16, le=256, description="images larger than this are area-resized to it first (memory: N x 4 x 3 x side^2 / 3 floats)")
+    neighbours: int = pydantic.Field(10, ge=2, le=64, description="nearest images per image")
+    seeds: int = pydantic.Field(40, ge=1, description="seed groups grown, in order of their triangles")
+    fdr: float = pydantic.Field(0.05, gt=0, lt=1, description="largest estimated share of false hosts among a pattern's hosts (mirrored null)")
+    min_hosts: int | None = pydantic.Field(None, ge=3, description="fewest hosts a pattern needs; default 0.1% of the data, at least 5")
+    mining_images: int = pydantic.Field(10_000, ge=100, description="images whose features are held in memory to find groups; the rest are only scored")
+    prevalence_guard: float = pydantic.Field(0.2, gt=0, le=1, description="a pattern in more than this share of the data is reported, not quarantined")
+    batch_size: int = pydantic.Field(512, ge=1)
+    seed: int = 0
+
+    def resolved(self, n: int) -> AdditiveConfig:
+        values = self.model_dump()
+        if values["min_hosts"] is None:
+            values["min_hosts"] = max(5, int(math.ceil(0.001 * min(n, self.mining_images))))
+        return AdditiveConfig(**values)
+
+
+def _features(images: np.ndarray, rows: np.ndarray, config: AdditiveConfig, device: torch.device, advance=None) -> np.ndarray:
+    """Features of `rows` (not yet centred), in batches: (len(rows), D) float32."""
+    out = []
+    for at in range(0, len(rows), config.batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[rows[at : at + config.batch_size]]))
+        if batch.shape[-1] > config.analysis_resolution:
+            batch = torch.nn.functional.interpolate(batch.float(), size=config.analysis_resolution, mode="area")
+        with torch.no_grad():
+            out.append(normalized_residuals(batch, config.levels, config.eps, device).cpu().numpy())
+        if advance is not None:
+            advance(len(out[-1]))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _unit(features: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    centred = features - mean
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    return (centred / np.maximum(norms, 1e-6)).astype(np.float32)
+
+
+def _delta_image(images: np.ndarray, hosts: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
+    """The estimated trigger in pixels: mean host image minus mean reference image, amplified to
+    fill 0-255 around mid-grey; returns (3, R, R) uint8 and the amplification used."""
+    delta = images[np.sort(hosts)].astype(np.float64).mean(0) - images[np.sort(reference)].astype(np.float64).mean(0)
+    peak = float(np.abs(delta).max()) or 1.0
+    gain = 127.0 / peak
+    return np.clip(128 + gain * delta, 0, 255).round().astype(np.uint8), gain
+
+
+def spectrum_image(pattern: np.ndarray) -> np.ndarray:
+    """Log magnitude of the 2-D Fourier transform of a pattern's luminance, centred, as (R, R) uint8."""
+    x = pattern.astype(np.float64)
+    y = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+    magnitude = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(y - y.mean()))))
+    top = float(magnitude.max()) or 1.0
+    return (255 * magnitude / top).round().astype(np.uint8)
+
+
+def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, config: AdditiveConfig | None = None, device: str | torch.device = "cpu", progress=None) -> Detection:
+    """Run the `additive` detector over a scan's image cache (N, 3, R, R) uint8.
+
+    Returns a `Detection` whose score is a sample's standardised projection on its pattern divided
+    by the pattern's threshold (flagged above 1); with no pattern accepted, the projection on the
+    strongest candidate, with an infinite threshold.
+    """
+    from ssl_guard.detect.mine.scoring import host_concentration, prevalence_guard
+
+    device = torch.device(device)
+    n = len(images)
+    config = (config or AdditiveConfig()).resolved(n)
+    if n < 8:
+        return Detection.empty("additive", n)
+    seconds: dict[str, float] = {}
+    warnings: list[str] = []
+    rng = np.random.default_rng(config.seed)
+
+    def stage(name: str, total: int):
+        task = progress.add_task(name, total=total) if progress is not None else None
+        return (lambda k: progress.advance(task, k)) if task is not None else (lambda k: None)
+
+    clock = time.perf_counter()
+    mined = np.sort(rng.choice(n, min(n, config.mining_images), replace=False))
+    raw = _features(images, mined, config, device, stage("additive: features", n))
+    mean = raw.mean(0)
+    unit = _unit(raw, mean)
+    del raw
+    seconds["features"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    sims, idx = neighbours(unit, config.neighbours)
+    order = seed_order(sims, idx)
+    seconds["neighbours"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    used = np.zeros(len(mined), bool)
+    accepted: list[Group] = []
+    candidates: list[dict] = []
+    strongest: Group | None = None
+    tried = 0
+    for seed in order:
+        if tried >= config.seeds:
+            break
+        if used[seed]:
+            continue
+        tried += 1
+        group = grow(unit, int(seed), idx[seed], config.fdr, config.min_hosts)
+        used[seed] = True
+        used[group.members] = True
+        found = bool(np.isfinite(group.threshold)) and group.hosts >= config.min_hosts
+        if strongest is None or group.hosts > strongest.hosts:
+            strongest = group
+        if found and any(len(np.intersect1d(group.members, a.members)) > 0.5 * min(len(group.members), len(a.members)) for a in accepted):
+            continue  # the same signal reached from another seed
+        if found:
+            accepted.append(group)
+        candidates.append({"seed": int(mined[seed]), "hosts": group.hosts, "mirrored": group.mirrored, "threshold": group.threshold, "steps": group.steps, "verdict": "accepted" if found else "no excess over the mirrored null"})
+    seconds["groups"] = time.perf_counter() - clock
+    details: dict = {"candidates": candidates, "mined_images": int(len(mined)), "feature_dims": int(unit.shape[1])}
+
+    # every image projected on each pattern: mined rows from memory, the rest in batches
+    clock = time.perf_counter()
+    patterns = accepted if accepted else ([strongest] if strongest is not None else [])
+    member_rows = [g.members for g in patterns]
+    directions = np.stack([g.direction for g in patterns], 1) if patterns else np.zeros((unit.shape[1], 0), np.float32)
+    projections = np.zeros((n, len(patterns)), np.float64)
+    projections[mined] = unit @ directions
+    for p, rows in enumerate(member_rows):  # a member is scored on the other members
+        projections[mined[rows], p] -= 1.0
+    rest = np.setdiff1d(np.arange(n), mined)
+    advance = stage("additive: score", len(rest)) if len(rest) else None
+    for at in range(0, len(rest), config.batch_size):
+        rows = rest[at : at + config.batch_size]
+        projections[rows] = _unit(_features(images, rows, config, device), mean) @ directions
+        if advance is not None:
+            advance(len(rows))
+    del unit
+    z = np.stack([robust_z(projections[:, p]) for p in range(len(patterns))], 1) if patterns else np.zeros((n, 0))
+    seconds["score"] = time.perf_counter() - clock
+
+    if not accepted:
+        detection = Detection.empty("additive", n)
+        if patterns:
+            detection.scores = z[:, 0].astype(np.float32)
+        detection.warnings.append("no shared additive signal stands out of the mirrored null: nothing quarantined")
+        detection.seconds, detection.details = seconds, details
+        return detection
+
+    # each pattern's threshold on the whole scan's projections; scores relative to it
+    bank, relative, histograms = [], np.zeros_like(z), []
+    reference = rng.choice(n, min(n, 2000), replace=False)
+    for p, group in enumerate(accepted):
+        threshold, hosts, mirrored = mirror_threshold(z[:, p], config.fdr, config.min_hosts)
+        if not np.isfinite(threshold):  # the sample's excess did not hold on the whole scan
+            threshold = float(group.threshold)
+        relative[:, p] = z[:, p] / threshold
+        host_rows = np.nonzero(z[:, p] >= threshold)[0]
+        pixels, gain = _delta_image(images, host_rows, reference)
+        evidence = {"threshold_z": threshold, "hosts": float(len(host_rows)), "mirrored_below": float(mirrored), "fdr": config.fdr, "estimated_false_hosts": float(mirrored), "amplification": gain}
+        histograms.append(_histogram(z[:, p], threshold))
+        if semantic is not None and len(host_rows):
+            evidence.update(host_concentration(host_rows, semantic, rng))
+        resolution = images.shape[-1]
+        bank.append(TriggerPattern(pixels=pixels, host=int(host_rows[np.argmax(z[host_rows, p])]) if len(host_rows) else 0, box=(0, 0, resolution, resolution), score=float(np.median(relative[host_rows, p])) if len(host_rows) else 0.0, hosts=int(len(host_rows)), targeted=None if "targeted" not in evidence else bool(evidence["targeted"]), evidence=evidence))
+    which = relative.argmax(1)
+    scores = relative[np.arange(n), which].astype(np.float32)
+    flagged = scores >= 1.0
+    raw_flagged = flagged
+    flagged, shares, guard_warnings = prevalence_guard(flagged, which, len(accepted), config.prevalence_guard)
+    warnings.extend(guard_warnings)
+    for p, share in enumerate(shares):
+        bank[p].evidence["flagged_share"] = share
+        bank[p].hosts = int((raw_flagged & (which == p)).sum())
+    details["pattern_of_sample"] = which
+    details["histograms"] = histograms
+    boxes = np.full((n, 4), -1, np.int32)
+    side = images.shape[-1]
+    boxes[flagged] = (0, 0, side, side)  # a global trigger covers the whole image
+    return Detection("additive", scores, flagged, boxes, 1.0, bank, {}, seconds, warnings, details)
+
+
+def _histogram(z: np.ndarray, threshold: float, bins: int = 24) -> dict[str, list[float] | float]:
+    """The projections' magnitudes on each side of zero, binned alike: the hosts stand above the
+    threshold on the positive side, the negative side is the mirrored null."""
+    top = max(float(np.abs(z).max()), threshold * 1.2, 1.0)
+    edges = np.linspace(0, top, bins + 1)
+    pos, _ = np.histogram(z[z > 0], edges)
+    neg, _ = np.histogram(-z[z < 0], edges)
+    return {"edges": edges.tolist(), "positive": pos.tolist(), "negative": neg.tolist(), "threshold": float(threshold)}

@@ -9,7 +9,7 @@ import numpy as np
 import pydantic
 import torch
 
-from ssl_guard.detect.additive.features import normalized_residuals
+from ssl_guard.detect.additive.features import normalized_residuals, views
 from ssl_guard.detect.additive.groups import Group, grow, mirror_threshold, neighbours, project, robust_z, seed_order
 from ssl_guard.detect.result import Detection, TriggerPattern
 
@@ -53,7 +53,13 @@ def _features(images: np.ndarray, rows: np.ndarray, config: AdditiveConfig, devi
 
 
 def _unit(features: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Rows centred on the mined mean and scaled to unit length. A row that is empty in this view
+    (the chroma of a greyscale photo) stays zero: centred, all such rows would share the direction
+    of minus the mean and form a group of their own (on the dev split, the 2% greyscale photos of
+    Imagenette did)."""
+    empty = np.abs(features).max(axis=1) < 1e-3
     centred = features - mean
+    centred[empty] = 0.0
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     return (centred / np.maximum(norms, 1e-6)).astype(np.float32)
 
@@ -102,58 +108,69 @@ def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, conf
     mined = np.sort(rng.choice(n, min(n, config.mining_images), replace=False))
     raw = _features(images, mined, config, device, stage("additive: features", n))
     mean = raw.mean(0)
-    unit = _unit(raw, mean)
-    del raw
+    side = min(images.shape[-1], config.analysis_resolution)
     seconds["features"] = time.perf_counter() - clock
 
+    # each view searched on its own: neighbours, seeds by triangles, groups grown to a fixed point
     clock = time.perf_counter()
-    sims, idx = neighbours(unit, config.neighbours)
-    order = seed_order(sims, idx)
-    seconds["neighbours"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    used = np.zeros(len(mined), bool)
-    accepted: list[Group] = []
+    accepted: list[tuple[int, Group]] = []
     candidates: list[dict] = []
-    strongest: Group | None = None
-    tried = 0
-    for seed in order:
-        if tried >= config.seeds:
-            break
-        if used[seed]:
-            continue
-        tried += 1
-        group = grow(unit, int(seed), idx[seed], config.fdr, config.min_hosts)
-        used[seed] = True
-        used[group.members] = True
-        found = bool(np.isfinite(group.threshold)) and group.hosts >= config.min_hosts
-        if strongest is None or group.hosts > strongest.hosts:
-            strongest = group
-        if found and any(len(np.intersect1d(group.members, a.members)) > 0.5 * min(len(group.members), len(a.members)) for a in accepted):
-            continue  # the same signal reached from another seed
-        if found:
-            accepted.append(group)
-        candidates.append({"seed": int(mined[seed]), "hosts": group.hosts, "mirrored": group.mirrored, "threshold": group.threshold, "steps": group.steps, "verdict": "accepted" if found else "no excess over the mirrored null"})
+    strongest: tuple[int, Group] | None = None
+    strongest_projection = None
+    mined_projections: list[np.ndarray] = []
+    all_views = views(side, config.levels)
+    advance = stage("additive: groups", len(all_views))
+    for v, (name, columns) in enumerate(all_views):
+        unit = _unit(raw[:, columns], mean[columns])
+        sims, idx = neighbours(unit, config.neighbours)
+        used = np.zeros(len(mined), bool)
+        tried = 0
+        for seed in seed_order(sims, idx):
+            if tried >= config.seeds:
+                break
+            if used[seed]:
+                continue
+            tried += 1
+            group = grow(unit, int(seed), idx[seed], config.fdr, config.min_hosts)
+            used[seed] = True
+            used[group.members] = True
+            found = bool(np.isfinite(group.threshold)) and group.hosts >= config.min_hosts
+            if strongest is None or group.hosts > strongest[1].hosts:
+                strongest = (v, group)
+                if not accepted:
+                    strongest_projection = project(unit, group.direction, member_rows=group.members)
+            if found and any(len(np.intersect1d(group.members, a.members)) > 0.5 * min(len(group.members), len(a.members)) for _, a in accepted):
+                continue  # the same signal reached from another seed or view
+            if found:
+                accepted.append((v, group))
+                mined_projections.append(project(unit, group.direction, member_rows=group.members))
+            candidates.append({"view": name, "seed": int(mined[seed]), "hosts": group.hosts, "mirrored": group.mirrored, "threshold": group.threshold, "steps": group.steps, "verdict": "accepted" if found else "no excess over the mirrored null"})
+        advance(1)
+        del unit
+    del raw
     seconds["groups"] = time.perf_counter() - clock
-    details: dict = {"candidates": candidates, "mined_images": int(len(mined)), "feature_dims": int(unit.shape[1])}
+    details: dict = {"candidates": [c for c in candidates if c["verdict"] == "accepted" or c["hosts"] > 0], "grown": len(candidates), "mined_images": int(len(mined)), "views": [name for name, _ in all_views]}
 
-    # every image projected on each pattern: mined rows from memory, the rest in batches
+    # every image projected on each pattern: mined rows from the search, the rest in batches
     clock = time.perf_counter()
-    patterns = accepted if accepted else ([strongest] if strongest is not None else [])
-    member_rows = [g.members for g in patterns]
-    directions = np.stack([g.direction for g in patterns], 1) if patterns else np.zeros((unit.shape[1], 0), np.float32)
+    if accepted:
+        patterns = accepted
+    else:
+        patterns = [strongest] if strongest is not None else []
+        mined_projections = [strongest_projection] if strongest is not None else []
     projections = np.zeros((n, len(patterns)), np.float64)
-    projections[mined] = unit @ directions
-    for p, rows in enumerate(member_rows):  # a member is scored on the other members
-        projections[mined[rows], p] -= 1.0
+    for p, values in enumerate(mined_projections):
+        projections[mined, p] = values
     rest = np.setdiff1d(np.arange(n), mined)
     advance = stage("additive: score", len(rest)) if len(rest) else None
     for at in range(0, len(rest), config.batch_size):
         rows = rest[at : at + config.batch_size]
-        projections[rows] = _unit(_features(images, rows, config, device), mean) @ directions
+        batch = _features(images, rows, config, device)
+        for p, (v, group) in enumerate(patterns):
+            columns = all_views[v][1]
+            projections[rows, p] = _unit(batch[:, columns], mean[columns]) @ group.direction
         if advance is not None:
             advance(len(rows))
-    del unit
     z = np.stack([robust_z(projections[:, p]) for p in range(len(patterns))], 1) if patterns else np.zeros((n, 0))
     seconds["score"] = time.perf_counter() - clock
 
@@ -168,14 +185,14 @@ def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, conf
     # each pattern's threshold on the whole scan's projections; scores relative to it
     bank, relative, histograms = [], np.zeros_like(z), []
     reference = rng.choice(n, min(n, 2000), replace=False)
-    for p, group in enumerate(accepted):
+    for p, (v, group) in enumerate(accepted):
         threshold, hosts, mirrored = mirror_threshold(z[:, p], config.fdr, config.min_hosts)
         if not np.isfinite(threshold):  # the sample's excess did not hold on the whole scan
             threshold = float(group.threshold)
         relative[:, p] = z[:, p] / threshold
         host_rows = np.nonzero(z[:, p] >= threshold)[0]
         pixels, gain = _delta_image(images, host_rows, reference)
-        evidence = {"threshold_z": threshold, "hosts": float(len(host_rows)), "mirrored_below": float(mirrored), "fdr": config.fdr, "estimated_false_hosts": float(mirrored), "amplification": gain}
+        evidence = {"view": float(v), "threshold_z": threshold, "hosts": float(len(host_rows)), "mirrored_below": float(mirrored), "fdr": config.fdr, "estimated_false_hosts": float(mirrored), "amplification": gain}
         histograms.append(_histogram(z[:, p], threshold))
         if semantic is not None and len(host_rows):
             evidence.update(host_concentration(host_rows, semantic, rng))

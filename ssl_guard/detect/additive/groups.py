@@ -107,6 +107,29 @@ def project(features: np.ndarray, direction: np.ndarray, members: np.ndarray | N
     return s
 
 
+def trimmed_similarity(features: np.ndarray, hosts: np.ndarray, exclude: np.ndarray | None = None, trim: float = 0.2) -> np.ndarray:
+    """Each row's mean similarity to the `hosts` rows, the highest and lowest `trim` of them left
+    out, and the (rows, hosts) pairs where `exclude` is True ignored.
+
+    Against the sum of the hosts, a photo that merely resembles one host (its near-duplicate, the
+    same scene) scores as high as a poison, because that host's own content is part of the sum. A
+    poison resembles every host a little; the trimmed mean keeps that and drops the one look-alike.
+    """
+    sims = features @ hosts.T
+    if exclude is not None:
+        sims[exclude] = np.nan
+    sims = np.sort(sims, axis=1)  # NaN sorts last
+    counts = np.sum(~np.isnan(sims), axis=1)
+    out = np.zeros(len(sims))
+    for c in np.unique(counts):
+        if c == 0:
+            continue
+        rows = counts == c
+        cut = int(np.floor(trim * c))
+        out[rows] = sims[rows][:, cut : max(cut + 1, c - cut)].mean(1)
+    return out
+
+
 def grow(features: np.ndarray, seed: int, start: np.ndarray, fdr: float, min_hosts: int, steps: int = 6) -> Group:
     """Grow the group of `seed` and its neighbours `start` to a fixed point (module docstring)."""
     members = np.unique(np.concatenate([[seed], start]))

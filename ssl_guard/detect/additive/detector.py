@@ -267,15 +267,23 @@ def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, conf
 
     # each pattern's threshold on the whole scan's projections; scores relative to it
     bank, relative, histograms = [], np.zeros_like(z), []
-    reference = rng.choice(n, min(n, 2000), replace=False)
+    base_reference = rng.choice(n, min(n, 2000), replace=False)
     for p, (v, group) in enumerate(accepted):
         threshold, hosts, mirrored = mirror_threshold(z[:, p], config.fdr, config.min_hosts)
         if not np.isfinite(threshold):  # the sample's excess did not hold on the whole scan
             threshold = float(group.threshold)
         relative[:, p] = z[:, p] / threshold
         host_rows = np.nonzero(z[:, p] >= threshold)[0]
+        # the reference: non-hosts of the hosts' semantic clusters (the same content without the
+        # trigger), else a random sample
+        if semantic is not None:
+            labels = np.asarray(semantic)
+            same = np.setdiff1d(np.nonzero(np.isin(labels, labels[host_rows]))[0], host_rows)
+            reference = rng.choice(same, min(len(same), 2000), replace=False) if len(same) >= len(host_rows) else base_reference
+        else:
+            reference = base_reference
         pixels, gain = _delta_image(images, host_rows, reference)
-        evidence = {"view": float(v), "threshold_z": threshold, "hosts": float(len(host_rows)), "mirrored_below": float(mirrored), "fdr": config.fdr, "estimated_false_hosts": float(mirrored), "amplification": gain}
+        evidence = {"view": float(v), "threshold_z": threshold, "hosts": float(len(host_rows)), "fdr": config.fdr, "mirrored_above_threshold": float(mirrored), "amplification": gain}
         histograms.append(_histogram(z[:, p], threshold))
         if semantic is not None and len(host_rows):
             evidence.update(host_concentration(host_rows, semantic, rng))

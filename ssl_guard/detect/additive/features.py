@@ -12,7 +12,8 @@ residual divided by the local band energy (a divisive normalisation) and squashe
 regions then carry the trigger's band-pass shape at full weight, textured regions carry the photo's
 own and cancel out between unrelated photos. The division and the band-pass also make the features
 blind to the benign global effects of one camera or one pipeline: a colour cast (a constant, removed
-by the band-pass) and a vignette or an exposure change (a slowly varying gain, divided out).
+by the band-pass), an exposure change (a gain, divided out) and a vignette (a slowly varying gain,
+whose curvature leaves one sign over the flat regions: each feature plane's spatial mean is removed).
 """
 
 from __future__ import annotations
@@ -73,20 +74,28 @@ def views(resolution: int, levels: int) -> list[tuple[str, slice]]:
     return out
 
 
-def normalized_residuals(images: np.ndarray | torch.Tensor, levels: int = 4, eps: float = 0.25, device: torch.device | str = "cpu") -> torch.Tensor:
+def normalized_residuals(images: np.ndarray | torch.Tensor, levels: int = 4, eps: float = 0.25, device: torch.device | str = "cpu", gain_sigma: float = 8.0) -> torch.Tensor:
     """(B, 3, R, R) uint8 -> (B, D) float32 features (see the module docstring).
 
     `eps` (grey levels) keeps the division finite where an image is perfectly flat; it is set near
     the noise of uint8 rounding (std 0.29), so that any signal above the rounding is kept.
     """
     x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).to(device).float()
+    # a smooth gain (a vignette, an exposure ramp) multiplies the image; dividing by the image's
+    # own heavily blurred copy takes it out before anything else, while an added signal finer than
+    # about two cycles per image stays (`gain_sigma` is in pixels of a 64 px image)
+    sigma = gain_sigma * x.shape[-1] / 64.0
+    x = 128.0 * x / (_blur(x, sigma) + 4.0)
     current = _ycbcr(x)
     parts = []
     for _ in range(levels):
         low = _blur(current, 1.0)
         band = current - low
         energy = _blur(band * band, 2.0).sqrt()
-        parts.append(torch.tanh(2.0 * band / (energy + eps)).flatten(1))
+        plane = torch.tanh(2.0 * band / (energy + eps))
+        # a smooth gain (a vignette) leaves a band response of one sign over every flat region;
+        # each plane's own spatial mean removes it, while a trigger's band-pass shape has none
+        parts.append((plane - plane.mean(dim=(2, 3), keepdim=True)).flatten(1))
         current = F.avg_pool2d(low, 2)
         if current.shape[-1] < 4:
             break

@@ -292,8 +292,10 @@ class _Page:
         head = (
             '<h2>Trigger bank <span class="count">' + _int(len(r.bank)) + "</span></h2>\n"
             '<p class="lead">Patterns verified as triggers: the same patch recurring across many unrelated '
-            "images. <em>Hosts</em> is how many samples carry it; a <em>targeted</em> pattern drags images it is "
-            "pasted on into one cluster.</p>"
+            "images, or (detector <em>additive</em>) one signal added to the whole of many images, shown as three "
+            "panels: the estimated signal amplified around grey, its spectrum, and the hosts' scores (red) against "
+            "the mirrored null (grey) with the threshold in blue. <em>Hosts</em> is how many samples carry it; a "
+            "<em>targeted</em> pattern's hosts pile up in one semantic cluster.</p>"
         )
         if not r.bank:
             return f'<section id="bank">\n{head}\n<p class="empty">The bank is empty: no pattern was verified as a trigger.</p>\n</section>'

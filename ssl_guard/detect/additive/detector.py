@@ -152,6 +152,34 @@ def spectrum_image(pattern: np.ndarray) -> np.ndarray:
     return (255 * magnitude / top).round().astype(np.uint8)
 
 
+def histogram_image(histogram: dict, side: int) -> np.ndarray:
+    """(3, side, side) uint8 bar plot of `_histogram`: the positive side's counts in red, the
+    mirrored negative side in grey over them, the threshold as a blue line; counts on a log scale."""
+    image = np.full((3, side, side), 255, np.uint8)
+    edges = np.asarray(histogram["edges"])
+    pos, neg = np.log1p(histogram["positive"]), np.log1p(histogram["negative"])
+    top = max(float(pos.max()), float(neg.max()), 1e-6)
+    bins = len(pos)
+    for k in range(bins):
+        x0, x1 = int(k * side / bins), max(int(k * side / bins) + 1, int((k + 1) * side / bins) - 1)
+        hp, hn = int(round(pos[k] / top * (side - 2))), int(round(neg[k] / top * (side - 2)))
+        image[:, side - hp :, x0:x1] = np.array([220, 40, 40], np.uint8)[:, None, None]
+        image[:, side - hn :, x0:x1] = np.array([140, 140, 140], np.uint8)[:, None, None]
+    t = histogram["threshold"]
+    if np.isfinite(t) and edges[-1] > 0:
+        x = min(side - 1, int(t / edges[-1] * side))
+        image[:, :, x] = np.array([30, 60, 220], np.uint8)[:, None]
+    return image
+
+
+def evidence_panel(pattern: np.ndarray, histogram: dict) -> np.ndarray:
+    """The bank image of a global pattern: the estimated delta (amplified), its spectrum, and the
+    hosts' projections against the mirrored null, side by side as (3, R, 3R) uint8."""
+    side = pattern.shape[-1]
+    spectrum = np.repeat(spectrum_image(pattern)[None], 3, axis=0)
+    return np.concatenate([pattern, spectrum, histogram_image(histogram, side)], axis=2)
+
+
 def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, config: AdditiveConfig | None = None, device: str | torch.device = "cpu", progress=None) -> Detection:
     """Run the `additive` detector over a scan's image cache (N, 3, R, R) uint8.
 
@@ -285,6 +313,7 @@ def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, conf
         pixels, gain = _delta_image(images, host_rows, reference)
         evidence = {"view": float(v), "threshold_z": threshold, "hosts": float(len(host_rows)), "fdr": config.fdr, "mirrored_above_threshold": float(mirrored), "amplification": gain}
         histograms.append(_histogram(z[:, p], threshold))
+        pixels = evidence_panel(pixels, histograms[-1])
         if semantic is not None and len(host_rows):
             evidence.update(host_concentration(host_rows, semantic, rng))
         resolution = images.shape[-1]

@@ -245,15 +245,16 @@ def run_one(spec: Spec, data: Path, extra: list[str], tag: str) -> dict:
     metrics = evaluate_run(run, folder / "truth.csv")
     report = json.loads((run / "report.json").read_text())
     stages = {s["name"].strip(): s["seconds"] for s in report.get("stages", [])}
+    # the report lists each detector's own steps indented under its stage: count the stages only
+    top = sum(s["seconds"] for s in report.get("stages", []) if not s["name"].startswith(" "))
     embed = stages.get("embed") or float("nan")
-    total = sum(stages.values())
     return {
         "name": f"{spec.condition}/{spec.seed}", "tag": tag, **asdict(spec),
         "samples": metrics["samples"], "poisons": metrics["poisons"], "flagged": metrics["flagged"],
         "precision": metrics["precision"], "recall": metrics["recall"], "auroc": metrics["auroc"],
         "recall_by_trigger": metrics["recall_by_trigger"],
         "cpu_min": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 60,
-        "wall_min": (time.perf_counter() - clock) / 60, "scan_over_embed": total / embed if embed else None,
+        "wall_min": (time.perf_counter() - clock) / 60, "scan_over_embed": top / embed if embed else None,
         "stages": stages,
     }
 
@@ -265,7 +266,17 @@ def success(row: dict) -> bool:
     return (row.get("precision") or 0) >= 0.95 and (row.get("recall") or 0) >= 0.95 and all(v >= 0.95 for v in per.values())
 
 
+def scan_over_embed(row: dict) -> float | None:
+    """(embed + semantic + detector stages) / embed, from a row's recorded stage seconds (rows
+    written before 2026-12-02 (c) summed the detectors' indented steps twice in their own field)."""
+    st = row.get("stages") or {}
+    if not st.get("embed"):
+        return row.get("scan_over_embed")
+    return sum(v for k, v in st.items() if k in ("embed", "semantic") or k.startswith("detect-")) / st["embed"]
+
+
 def table(rows: list[dict]) -> str:
+    rows = [{**r, "scan_over_embed": scan_over_embed(r)} for r in rows]
     lines = ["| condition | datasets | success (P,R ≥ 0.95) | median AUROC | median P | median R | CPU min (median) | scan/embed |", "|---|---|---|---|---|---|---|---|"]
     by: dict[str, list[dict]] = {}
     for r in rows:

@@ -194,13 +194,15 @@ def run_one(spec: GlobalSpec, data: Path, extra: list[str], tag: str) -> dict:
     metrics = evaluate_run(run, folder / "truth.csv")
     report = json.loads((run / "report.json").read_text())
     stages = {s["name"].strip(): s["seconds"] for s in report.get("stages", [])}
+    # the report lists each detector's own steps indented under its stage: count the stages only
+    top = sum(s["seconds"] for s in report.get("stages", []) if not s["name"].startswith(" "))
     embed = stages.get("embed") or float("nan")
     return {
         "name": f"{spec.condition}/{spec.seed}", "tag": tag, **asdict(spec),
         "samples": metrics["samples"], "poisons": metrics["poisons"], "flagged": metrics["flagged"],
         "precision": metrics["precision"], "recall": metrics["recall"], "auroc": metrics["auroc"],
         "cpu_min": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 60,
-        "wall_min": (time.perf_counter() - clock) / 60, "scan_over_embed": sum(stages.values()) / embed if embed else None,
+        "wall_min": (time.perf_counter() - clock) / 60, "scan_over_embed": top / embed if embed else None,
         "stages": stages,
     }
 
@@ -212,7 +214,17 @@ def success(row: dict) -> bool:
     return (row.get("precision") or 0) >= 0.9 and (row.get("recall") or 0) >= 0.9 and (row.get("auroc") or 0) >= 0.95
 
 
+def scan_over_embed(row: dict) -> float | None:
+    """(embed + semantic + detector stages) / embed, from a row's recorded stage seconds (rows
+    written before 2026-12-02 (c) summed the detectors' indented steps twice in their own field)."""
+    st = row.get("stages") or {}
+    if not st.get("embed"):
+        return row.get("scan_over_embed")
+    return sum(v for k, v in st.items() if k in ("embed", "semantic") or k.startswith("detect-")) / st["embed"]
+
+
 def table(rows: list[dict]) -> str:
+    rows = [{**r, "scan_over_embed": scan_over_embed(r)} for r in rows]
     def med(rs, k):
         values = [r.get(k) for r in rs if r.get(k) is not None]
         return float(np.median(values)) if values else float("nan")

@@ -243,7 +243,7 @@ def command(
     allow_stale: bool = typer.Option(False, "--allow-stale", help="Use a manifest even if DATA changed since the scan."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder for the scan (default: a new temporary folder)."),
     encoder: str = typer.Option("auto", "--encoder", help="Encoder for the scan: hub:org/name@rev, a folder, bootstrap or auto."),
-    method: str = typer.Option("auto", "--method", help="Detector for the scan: auto, mine, poisoncam, patchsearch or ensemble."),
+    method: str = typer.Option("auto", "--method", help="Detector for the scan: auto, mine, additive, poisoncam, patchsearch or ensemble."),
     device: str = options.DEVICE,
     workers: int = options.WORKERS,
     seed: int = options.SEED,

@@ -229,6 +229,13 @@ def seeds_for(split: str, count: int) -> list[int]:
 def run_one(spec: Spec, data: Path, extra: list[str], tag: str) -> dict:
     folder = build(spec, data, WORK / "zoo" / spec.condition / str(spec.seed))
     run = WORK / "zoo-runs" / f"{spec.condition}-{spec.seed}{'-' + tag if tag else ''}"
+    row = scan_and_measure(f"{spec.condition}/{spec.seed}", folder, run, extra)
+    return row if "error" in row else {"name": row.pop("name"), "tag": tag, **asdict(spec), **row}
+
+
+def scan_and_measure(name: str, folder: Path, run: Path, extra: list[str]) -> dict:
+    """Scan `folder/shards` into `run` (unless its report.json exists) and measure it against
+    `folder/truth.csv`: metrics, CPU and wall minutes, stage seconds; {"name", "error"} on a crash."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     clock = time.perf_counter()
     if not (run / "report.json").is_file():  # the last output a scan writes
@@ -238,25 +245,24 @@ def run_one(spec: Spec, data: Path, extra: list[str], tag: str) -> dict:
             shutil.rmtree(run)
         proc = subprocess.run([sys.executable, "-m", "ssl_guard", "scan", str(folder / "shards"), "--out", str(run), "--quiet", *extra], capture_output=True, text=True)
         if proc.returncode not in (0, 1):
-            return {"name": f"{spec.condition}/{spec.seed}", "error": proc.stderr.strip().splitlines()[-1:]}
+            return {"name": name, "error": proc.stderr.strip().splitlines()[-1:]}
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     from ssl_guard.evaluation import evaluate_run
 
     metrics = evaluate_run(run, folder / "truth.csv")
     report = json.loads((run / "report.json").read_text())
     stages = {s["name"].strip(): s["seconds"] for s in report.get("stages", [])}
-    # the report lists each detector's own steps indented under its stage: count the stages only
-    top = sum(s["seconds"] for s in report.get("stages", []) if not s["name"].startswith(" "))
-    embed = stages.get("embed") or float("nan")
-    return {
-        "name": f"{spec.condition}/{spec.seed}", "tag": tag, **asdict(spec),
+    row = {
+        "name": name,
         "samples": metrics["samples"], "poisons": metrics["poisons"], "flagged": metrics["flagged"],
         "precision": metrics["precision"], "recall": metrics["recall"], "auroc": metrics["auroc"],
         "recall_by_trigger": metrics["recall_by_trigger"],
         "cpu_min": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 60,
-        "wall_min": (time.perf_counter() - clock) / 60, "scan_over_embed": top / embed if embed else None,
+        "wall_min": (time.perf_counter() - clock) / 60,
         "stages": stages,
     }
+    row["scan_over_embed"] = scan_over_embed(row)
+    return row
 
 
 def success(row: dict) -> bool:

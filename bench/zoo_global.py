@@ -28,12 +28,9 @@ import argparse
 import io
 import json
 import os
-import resource
 import shlex
 import shutil
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,7 +41,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from zoo import load_base, seeds_for, split_of  # noqa: E402
+from zoo import load_base, scan_and_measure, scan_over_embed, seeds_for, split_of  # noqa: E402
 
 from ssl_guard.attacks.global_families import BLEND_FAMILIES, make_global_trigger  # noqa: E402
 from ssl_guard.attacks.truth import TruthRow, write_truth  # noqa: E402
@@ -181,30 +178,8 @@ def build(spec: GlobalSpec, data: Path, folder: Path) -> Path:
 def run_one(spec: GlobalSpec, data: Path, extra: list[str], tag: str) -> dict:
     folder = build(spec, data, WORK / "zoo-global" / spec.condition / str(spec.seed))
     run = WORK / "zoo-global-runs" / f"{spec.condition}-{spec.seed}{'-' + tag if tag else ''}"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    clock = time.perf_counter()
-    if not (run / "report.json").is_file():
-        shutil.rmtree(run, ignore_errors=True)
-        proc = subprocess.run([sys.executable, "-m", "ssl_guard", "scan", str(folder / "shards"), "--out", str(run), "--quiet", *extra], capture_output=True, text=True)
-        if proc.returncode not in (0, 1):
-            return {"name": f"{spec.condition}/{spec.seed}", "error": proc.stderr.strip().splitlines()[-1:]}
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    from ssl_guard.evaluation import evaluate_run
-
-    metrics = evaluate_run(run, folder / "truth.csv")
-    report = json.loads((run / "report.json").read_text())
-    stages = {s["name"].strip(): s["seconds"] for s in report.get("stages", [])}
-    # the report lists each detector's own steps indented under its stage: count the stages only
-    top = sum(s["seconds"] for s in report.get("stages", []) if not s["name"].startswith(" "))
-    embed = stages.get("embed") or float("nan")
-    return {
-        "name": f"{spec.condition}/{spec.seed}", "tag": tag, **asdict(spec),
-        "samples": metrics["samples"], "poisons": metrics["poisons"], "flagged": metrics["flagged"],
-        "precision": metrics["precision"], "recall": metrics["recall"], "auroc": metrics["auroc"],
-        "cpu_min": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 60,
-        "wall_min": (time.perf_counter() - clock) / 60, "scan_over_embed": top / embed if embed else None,
-        "stages": stages,
-    }
+    row = scan_and_measure(f"{spec.condition}/{spec.seed}", folder, run, extra)
+    return row if "error" in row else {"name": row.pop("name"), "tag": tag, **asdict(spec), **row}
 
 
 def success(row: dict) -> bool:
@@ -212,15 +187,6 @@ def success(row: dict) -> bool:
     if row.get("poisons", 0) == 0:
         return row.get("flagged", 1) <= 0.001 * row.get("samples", 1)
     return (row.get("precision") or 0) >= 0.9 and (row.get("recall") or 0) >= 0.9 and (row.get("auroc") or 0) >= 0.95
-
-
-def scan_over_embed(row: dict) -> float | None:
-    """(embed + semantic + detector stages) / embed, from a row's recorded stage seconds (rows
-    written before 2026-12-02 (c) summed the detectors' indented steps twice in their own field)."""
-    st = row.get("stages") or {}
-    if not st.get("embed"):
-        return row.get("scan_over_embed")
-    return sum(v for k, v in st.items() if k in ("embed", "semantic") or k.startswith("detect-")) / st["embed"]
 
 
 def table(rows: list[dict]) -> str:

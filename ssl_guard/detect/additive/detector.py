@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 
 from ssl_guard.detect.additive.features import normalized_residuals, views
 from ssl_guard.detect.additive.groups import Group, grow, mirror_threshold, neighbours, project, robust_z, seed_order, trimmed_similarity
+from ssl_guard.detect.mine.scoring import default_min_hosts
 from ssl_guard.detect.result import Detection, TriggerPattern
 
 
@@ -34,7 +34,7 @@ class AdditiveConfig(pydantic.BaseModel):
     def resolved(self, n: int) -> AdditiveConfig:
         values = self.model_dump()
         if values["min_hosts"] is None:
-            values["min_hosts"] = max(5, int(math.ceil(0.001 * min(n, self.mining_images))))
+            values["min_hosts"] = default_min_hosts(n, self.mining_images)
         return AdditiveConfig(**values)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -15,6 +14,7 @@ from ssl_guard.detect.mine.descriptors import describe
 from ssl_guard.detect.mine.extraction import Pattern, refine, seed_template
 from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.scoring import (
+    default_min_hosts,
     host_concentration,
     match_maps,
     null_threshold,
@@ -49,8 +49,7 @@ class MineConfig(pydantic.BaseModel):
         """Fill the size-derived defaults for a dataset of `n` images."""
         values = self.model_dump()
         if values["min_hosts"] is None:
-            # a backdoor needs tens of poisons to take; below 5 copies a repeat is a near-duplicate
-            values["min_hosts"] = max(5, int(math.ceil(0.001 * min(n, self.mining_images))))
+            values["min_hosts"] = default_min_hosts(n, self.mining_images)
         return MineConfig(**values)
 
 

@@ -118,6 +118,12 @@ def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tenso
     return maps
 
 
+def default_min_hosts(n: int, mining_images: int) -> int:
+    """Fewest hosts a pattern needs when not set: 0.1% of the mined images, at least 5 (a
+    backdoor needs tens of poisons to take; below 5 copies a repeat is a near-duplicate)."""
+    return max(5, int(math.ceil(0.001 * min(n, mining_images))))
+
+
 def prevalence_guard(flagged: np.ndarray, which: np.ndarray, patterns: int, limit: float) -> tuple[np.ndarray, list[float], list[str]]:
     """Unflag the samples of any pattern found in more than `limit` of the data (the decide stage, docs/architecture.md).
 

@@ -4,14 +4,11 @@ before any stage runs)."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import pydantic
 
 from ssl_guard.detect.additive import AdditiveConfig
 from ssl_guard.detect.mine import MineConfig
 
-Method = Literal["auto", "mine", "additive", "poisoncam", "patchsearch", "ensemble"]
 
 # With no trained encoder (`--encoder auto`) the scan embeds with a seeded random ResNet-18: no
 # training, and its embeddings still give the semantic clusters of the targeted / untargeted test
@@ -26,7 +23,7 @@ class ScanConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
     encoder: str = pydantic.Field("auto", description="hub:org/name[@rev], a folder, random:..., bootstrap, or auto")
-    method: Method = "auto"
+    method: str = pydantic.Field("auto", description="auto, ensemble, or a registered detector (ssl_guard.detect.registry)")
     resolution: int | None = pydantic.Field(None, ge=16, le=1024, description="scan resolution; default: the encoder's")
     batch_size: int = pydantic.Field(256, ge=1)
     workers: int = pydantic.Field(2, ge=0)
@@ -38,6 +35,16 @@ class ScanConfig(pydantic.BaseModel):
     additive: AdditiveConfig = pydantic.Field(default_factory=AdditiveConfig)
     cluster: dict = pydantic.Field(default_factory=dict, description="ClusterMaskingConfig overrides for poisoncam/patchsearch")
     bootstrap: dict = pydantic.Field(default_factory=dict, description="BootstrapConfig overrides for --encoder bootstrap")
+
+    @pydantic.field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from ssl_guard.detect import registry
+
+        choices = ("auto", "ensemble", *registry.names())
+        if value not in choices:
+            raise ValueError(f"unknown method {value!r}; choose one of {', '.join(choices)}")
+        return value
 
 
 def semantic_cluster_count(n: int) -> int:

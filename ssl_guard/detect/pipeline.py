@@ -30,7 +30,10 @@ from ssl_guard.detect.distributed import barrier as _barrier
 from ssl_guard.detect.distributed import gather_units as _gather_units
 from ssl_guard.detect.distributed import init_distributed as _distributed
 from ssl_guard.detect.embed import UNITS_DIR, ScanArrays, assemble, embed_units, open_arrays
+from ssl_guard.detect import registry
+from ssl_guard.detect.registry import DetectorInputs
 from ssl_guard.detect.result import Detection
+from ssl_guard.detect.stages import array_stage, detection_stage, execute
 from ssl_guard.errors import ConfigError, EmptyDatasetError, validation_summary
 from ssl_guard.run import RunFolder, RunState, stable_hash
 
@@ -148,26 +151,15 @@ def scan(
 
         # semantic clusters: the targeted/untargeted test of each pattern reads them
         semantic_key = stable_hash(embed_key, config.semantic_clusters, config.seed)
-        clock = time.perf_counter()
-        if not run.done("semantic", semantic_key):
-            semantic = spherical_kmeans(arrays.embeddings, config.semantic_clusters or semantic_cluster_count(len(arrays)), seed=config.seed).assignments.astype(np.int32)
-            np.save(run / "semantic.npy", semantic)
-            run.finish("semantic", semantic_key, time.perf_counter() - clock, len(arrays))
-        semantic = np.load(run / "semantic.npy")
-        timings["semantic"] = (run.record("semantic").seconds, len(arrays))
+        semantic = execute(run, array_stage(run, "semantic", semantic_key, lambda: spherical_kmeans(arrays.embeddings, config.semantic_clusters or semantic_cluster_count(len(arrays)), seed=config.seed).assignments.astype(np.int32)), len(arrays), timings)
 
-        # detectors
+        # detectors: each registered one the method selects, run as a stage with its own key
+        inputs = DetectorInputs(arrays, semantic, net, config, target, bar, resolution)
         detections: list[Detection] = []
-        for name in _detectors(config.method, net):
-            key = stable_hash(semantic_key, name, _detector_settings(name, config), resolution)
-            stage = f"detect-{name}"
-            if not run.done(stage, key):
-                clock = time.perf_counter()
-                detection = _run_detector(name, arrays, semantic, net, config, target, bar, resolution)
-                _save_detection(run, stage, detection)
-                run.finish(stage, key, time.perf_counter() - clock, len(arrays))
-            detections.append(_load_detection(run, stage))
-            timings[stage] = (run.record(stage).seconds, len(arrays))
+        for name in registry.selected(config.method, _is_trained(net)):
+            found = registry.detector(name)
+            key = stable_hash(semantic_key, name, found.settings(config), resolution)
+            detections.append(execute(run, detection_stage(run, f"detect-{name}", key, lambda found=found: found.run(inputs)), len(arrays), timings))
         detection = combine(detections)
 
         from ssl_guard.detect.outputs import write_outputs
@@ -228,40 +220,6 @@ def _reset_if_changed(run: RunFolder, embed_key: str) -> None:
 
 def _is_trained(net) -> bool:
     return bool(getattr(net.config, "ssl_method", None))
-
-
-def _detectors(method: str, net) -> list[str]:
-    if method == "auto":
-        return ["mine", "additive", "poisoncam"] if _is_trained(net) else ["mine", "additive"]
-    if method == "ensemble":
-        return ["mine", "additive", "poisoncam"]
-    return [method]
-
-
-def _detector_settings(name: str, config: ScanConfig):
-    """The settings a detector's stage depends on (its cache key)."""
-    if name == "mine":
-        return config.mine
-    if name == "additive":
-        return config.additive
-    return config.cluster
-
-
-def _run_detector(name: str, arrays: ScanArrays, semantic: np.ndarray, net, config: ScanConfig, device, bar, resolution: int) -> Detection:
-    if name == "mine":
-        from ssl_guard.detect.mine import detect_mine
-
-        # mine reads only the scan's pixels; the threat model provides the semantic clusters of
-        # the targeted / untargeted test
-        return detect_mine(arrays.images, semantic, config.mine, device, bar)
-    if name == "additive":
-        from ssl_guard.detect.additive import detect_additive
-
-        # global triggers (blends, CTRL): a signal added to many unrelated images, pixels only
-        return detect_additive(arrays.images, semantic, config.additive, device, bar)
-    from ssl_guard.detect.poisoncam import ClusterMaskingConfig, detect_clusters
-
-    return detect_clusters(arrays.images, arrays.embeddings, net, ClusterMaskingConfig(**config.cluster), name, device, bar)
 
 
 def _at_resolution(spec: str, resolution: int) -> str:
@@ -326,51 +284,6 @@ def _calibrated(d: Detection) -> np.ndarray:
     below = 0.5 * (s - lo) / max(t - lo, 1e-12)
     above = 0.5 + 0.5 * (s - t) / max(hi - t, 1e-12)
     return np.clip(np.where(s < t, below, above), 0, 1)
-
-
-def _save_detection(run: RunFolder, stage: str, d: Detection) -> None:
-    import json
-
-    bank = [
-        {"pixels": p.pixels, "host": p.host, "box": list(p.box), "score": p.score, "hosts": p.hosts, "targeted": p.targeted, "evidence": p.evidence}
-        for p in d.bank
-    ]
-    meta = {
-        "method": d.method,
-        "threshold": d.threshold,
-        "seconds": d.seconds,
-        "warnings": d.warnings,
-        "details": {k: v for k, v in d.details.items() if not isinstance(v, np.ndarray)},
-        "bank": [{k: v for k, v in b.items() if k != "pixels"} for b in bank],
-    }
-    arrays = {f"bank_{i}": b["pixels"] for i, b in enumerate(bank)}
-    arrays.update({f"map_{row}": m for row, m in d.maps.items()})
-    run.save_npz(f"{stage}.npz", scores=d.scores, flagged=d.flagged, boxes=d.boxes, meta=np.array(json.dumps(meta, default=_jsonable)), **arrays)
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def _load_detection(run: RunFolder, stage: str) -> Detection:
-    import json
-
-    from ssl_guard.detect.result import TriggerPattern
-
-    data = run.load_npz(f"{stage}.npz")
-    meta = json.loads(str(data["meta"]))
-    bank = [
-        TriggerPattern(pixels=data[f"bank_{i}"], host=b["host"], box=tuple(b["box"]), score=b["score"], hosts=b["hosts"], targeted=b["targeted"], evidence=b["evidence"])
-        for i, b in enumerate(meta["bank"])
-    ]
-    maps = {int(k[4:]): v for k, v in data.items() if k.startswith("map_")}
-    return Detection(meta["method"], data["scores"], data["flagged"], data["boxes"], meta["threshold"], bank, maps, meta["seconds"], meta["warnings"], meta["details"])
 
 
 def _weights_hash(net) -> str:

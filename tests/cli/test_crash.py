@@ -19,9 +19,9 @@ def planted(tmp_path):
 
 
 def test_a_crash_in_a_stage_exits_with_the_crash_code_and_one_line(tmp_path, planted, monkeypatch, capsys):
-    import ssl_guard.detect.pipeline as pipeline
+    from ssl_guard.detect.builtin import MineDetector
 
-    monkeypatch.setattr(pipeline, "_run_detector", _explode)
+    monkeypatch.setattr(MineDetector, "run", _explode)
     monkeypatch.delenv("SSL_GUARD_DEBUG", raising=False)
     code = main(["scan", str(planted), "--out", str(tmp_path / "run"), "--workers", "0", "--quiet"])
     assert code == CRASH_EXIT_CODE and code not in (0, 1)
@@ -31,9 +31,9 @@ def test_a_crash_in_a_stage_exits_with_the_crash_code_and_one_line(tmp_path, pla
 
 
 def test_debug_shows_the_traceback(tmp_path, planted, monkeypatch, capsys):
-    import ssl_guard.detect.pipeline as pipeline
+    from ssl_guard.detect.builtin import MineDetector
 
-    monkeypatch.setattr(pipeline, "_run_detector", _explode)
+    monkeypatch.setattr(MineDetector, "run", _explode)
     monkeypatch.delenv("SSL_GUARD_DEBUG", raising=False)
     code = main(["--debug", "scan", str(planted), "--out", str(tmp_path / "run"), "--workers", "0", "--quiet"])
     assert code == CRASH_EXIT_CODE

@@ -1,0 +1,67 @@
+"""The detectors shipped with ssl-guard, registered in the order `auto` and `ensemble` run them."""
+
+from __future__ import annotations
+
+from ssl_guard.detect.registry import Detector, DetectorInputs, register
+from ssl_guard.detect.result import Detection
+
+
+@register
+class MineDetector(Detector):
+    """Patch triggers: a small image pasted into many unrelated photos (docs/mine.md)."""
+
+    name = "mine"
+    in_auto = "always"
+    in_ensemble = True
+
+    def settings(self, config):
+        return config.mine
+
+    def run(self, inputs: DetectorInputs) -> Detection:
+        from ssl_guard.detect.mine import detect_mine
+
+        # reads only the scan's pixels; the semantic clusters feed the targeted / untargeted test
+        return detect_mine(inputs.arrays.images, inputs.semantic, inputs.config.mine, inputs.device, inputs.progress)
+
+
+@register
+class AdditiveDetector(Detector):
+    """Global triggers (blends, CTRL): one signal added to many unrelated images (docs/additive.md)."""
+
+    name = "additive"
+    in_auto = "always"
+    in_ensemble = True
+
+    def settings(self, config):
+        return config.additive
+
+    def run(self, inputs: DetectorInputs) -> Detection:
+        from ssl_guard.detect.additive import detect_additive
+
+        return detect_additive(inputs.arrays.images, inputs.semantic, inputs.config.additive, inputs.device, inputs.progress)
+
+
+class _ClusterMasking(Detector):
+    """PoisonCAM and PatchSearch: read a backdoor out of a trained threat model's clusters."""
+
+    def settings(self, config):
+        return config.cluster
+
+    def run(self, inputs: DetectorInputs) -> Detection:
+        from ssl_guard.detect.poisoncam import ClusterMaskingConfig, detect_clusters
+
+        return detect_clusters(inputs.arrays.images, inputs.arrays.embeddings, inputs.net, ClusterMaskingConfig(**inputs.config.cluster), self.name, inputs.device, inputs.progress)
+
+
+@register
+class PoisonCamDetector(_ClusterMasking):
+    name = "poisoncam"
+    in_auto = "trained"
+    in_ensemble = True
+
+
+@register
+class PatchSearchDetector(_ClusterMasking):
+    name = "patchsearch"
+    in_auto = "never"
+    in_ensemble = False

@@ -18,6 +18,7 @@ from ssl_guard.detect.mine.scoring import (
     host_concentration,
     match_maps,
     null_threshold,
+    pattern_verdict,
     prevalence_guard,
     residuals,
 )
@@ -148,12 +149,8 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             # hosts in the whole scan: the random sample's share scaled up, or those seen if more
             expected_hosts = max(float(hosts.sum()), float(hosts[: len(sample)].sum()) * n / len(sample))
             evidence_row["expected_hosts"] = expected_hosts
-            if expected_hosts < config.min_hosts:
-                verdict = f"fewer than {config.min_hosts} hosts"
-            elif null["lookalike_ratio"] > config.max_lookalike_ratio:
-                verdict = "rejected: natural look-alikes form a continuum"
-            else:
-                verdict = "accepted"
+            verdict = pattern_verdict(expected_hosts, null, config.min_hosts, config.max_lookalike_ratio)
+            if verdict == "accepted":
                 break
         if semantic is not None and pattern is not None and len(pattern.hosts):
             evidence_row.update(host_concentration(pattern.hosts, semantic, rng))

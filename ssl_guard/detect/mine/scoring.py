@@ -102,6 +102,25 @@ def null_threshold(residual: np.ndarray, alpha: float, total: int | None = None,
     return {"threshold": float(math.exp(cut)), "bulk_median": float(math.exp(median)), "bulk_spread": spread, "z": float(z), "hosts": float(hosts), "lookalike_ratio": excess / max(hosts, 1)}
 
 
+def pattern_verdict(expected_hosts: float, null: dict[str, float], min_hosts: int, max_lookalike_ratio: float) -> str:
+    """Accept a verified template, or say why not.
+
+    A window of flat colour equal to the template's mean scores a residual of exactly 1, whatever
+    the template. When the null's host threshold is 1 or more, unrelated content already matches
+    as well as a flat patch, so "hosts" are images with a flat area of about that colour: the
+    template carries no structure to match (seen on the dev split: a near-flat 12 x 30 template
+    with threshold 40 flagged 201 clean photos of identical-1pct/20). Otherwise the pattern needs
+    `min_hosts` expected hosts and a band above the threshold no fuller than the null predicts.
+    """
+    if null["threshold"] >= 1.0:
+        return "rejected: the template matches no better than a flat patch of its mean colour"
+    if expected_hosts < min_hosts:
+        return f"fewer than {min_hosts} hosts"
+    if null["lookalike_ratio"] > max_lookalike_ratio:
+        return "rejected: natural look-alikes form a continuum"
+    return "accepted"
+
+
 def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], which: np.ndarray, thresholds: np.ndarray, device: torch.device) -> dict[int, np.ndarray]:
     """Where in each image its best pattern matches: row -> (R, R) float16 in [0, 1], 1 where the
     window centred there is an exact copy, 0 at twice the pattern's threshold and beyond."""

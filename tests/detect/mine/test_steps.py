@@ -13,6 +13,7 @@ from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.scoring import (
     match_residual,
     null_threshold,
+    pattern_verdict,
     prevalence_guard,
     residuals,
 )
@@ -160,3 +161,17 @@ def test_refine_refuses_a_shared_block_wider_than_half_the_image():
     small[:, :, 20:36, 22:38] = big[:, :16, :16]  # a 16-px block: a patch
     found = refine(small, np.arange(6), np.array([[23, 25]] * 6), torch.from_numpy(big[:, 3:13, 3:13].astype(np.float32) / 255))
     assert found is not None and found.shape[1:] == (16, 16)
+
+
+def test_a_template_no_better_than_a_flat_patch_is_rejected():
+    """A flat window of the template's mean colour scores residual 1; a null threshold at or above
+    it means flat areas count as hosts, so the pattern is refused whatever its host count."""
+    rng = np.random.default_rng(0)
+    template = torch.from_numpy(rng.random((3, 8, 8)).astype(np.float32))
+    flat = template.mean(dim=(1, 2), keepdim=True).expand(3, 12, 12)[None].contiguous()
+    assert abs(float(match_residual(flat, template).min()) - 1.0) < 1e-4
+    good = {"threshold": 0.4, "lookalike_ratio": 0.0}
+    assert pattern_verdict(40.0, good, 5, 0.5) == "accepted"
+    assert pattern_verdict(200.0, {"threshold": 40.5, "lookalike_ratio": 0.44}, 5, 0.5).startswith("rejected: the template matches no better than a flat patch")
+    assert pattern_verdict(3.0, good, 5, 0.5) == "fewer than 5 hosts"
+    assert pattern_verdict(40.0, {"threshold": 0.4, "lookalike_ratio": 2.0}, 5, 0.5).startswith("rejected: natural look-alikes")

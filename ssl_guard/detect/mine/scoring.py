@@ -109,7 +109,7 @@ def pattern_verdict(expected_hosts: float, null: dict[str, float], min_hosts: in
     the template. When the null's host threshold is 1 or more, unrelated content already matches
     as well as a flat patch, so "hosts" are images with a flat area of about that colour: the
     template carries no structure to match (seen on the dev split: a near-flat 12 x 30 template
-    with threshold 40 flagged 201 clean photos of identical-1pct/20). Otherwise the pattern needs
+    with threshold 40 flagged 201 photos, 199 of them clean, on identical-1pct/20). Otherwise the pattern needs
     `min_hosts` expected hosts and a band above the threshold no fuller than the null predicts.
     """
     if null["threshold"] >= 1.0:

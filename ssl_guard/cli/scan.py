@@ -9,17 +9,13 @@ from typing import List, Optional
 import typer
 
 from ssl_guard.cli import options
+from ssl_guard.detect import registry
 
 NAME = "scan"
 
 
-class MethodChoice(str, Enum):
-    auto = "auto"
-    mine = "mine"
-    additive = "additive"
-    poisoncam = "poisoncam"
-    patchsearch = "patchsearch"
-    ensemble = "ensemble"
+# the choices follow the detector registry: auto, every registered detector, ensemble
+MethodChoice = Enum("MethodChoice", {name: name for name in ("auto", *registry.names(), "ensemble")}, type=str)
 
 
 def command(

@@ -6,39 +6,47 @@ from ssl_guard.detect.registry import Detector, DetectorInputs, register
 from ssl_guard.detect.result import Detection
 
 
+class _PixelDetector(Detector):
+    """A pre-training detector: it reads the scan's image cache and the semantic clusters (for the
+    targeted / untargeted readout), with its typed settings at `config.<name>`."""
+
+    def settings(self, config):
+        return getattr(config, self.name)
+
+    def detect(self):
+        """The detection function: (images, semantic, settings, device, progress) -> Detection."""
+        raise NotImplementedError
+
+    def run(self, inputs: DetectorInputs) -> Detection:
+        return self.detect()(inputs.arrays.images, inputs.semantic, self.settings(inputs.config), inputs.device, inputs.progress)
+
+
 @register
-class MineDetector(Detector):
+class MineDetector(_PixelDetector):
     """Patch triggers: a small image pasted into many unrelated photos (docs/mine.md)."""
 
     name = "mine"
     in_auto = "always"
     in_ensemble = True
 
-    def settings(self, config):
-        return config.mine
-
-    def run(self, inputs: DetectorInputs) -> Detection:
+    def detect(self):
         from ssl_guard.detect.mine import detect_mine
 
-        # reads only the scan's pixels; the semantic clusters feed the targeted / untargeted test
-        return detect_mine(inputs.arrays.images, inputs.semantic, inputs.config.mine, inputs.device, inputs.progress)
+        return detect_mine
 
 
 @register
-class AdditiveDetector(Detector):
+class AdditiveDetector(_PixelDetector):
     """Global triggers (blends, CTRL): one signal added to many unrelated images (docs/additive.md)."""
 
     name = "additive"
     in_auto = "always"
     in_ensemble = True
 
-    def settings(self, config):
-        return config.additive
-
-    def run(self, inputs: DetectorInputs) -> Detection:
+    def detect(self):
         from ssl_guard.detect.additive import detect_additive
 
-        return detect_additive(inputs.arrays.images, inputs.semantic, inputs.config.additive, inputs.device, inputs.progress)
+        return detect_additive
 
 
 class _ClusterMasking(Detector):

@@ -29,7 +29,7 @@ from ssl_guard.detect.cluster import spherical_kmeans
 from ssl_guard.detect.distributed import barrier as _barrier
 from ssl_guard.detect.distributed import gather_units as _gather_units
 from ssl_guard.detect.distributed import init_distributed as _distributed
-from ssl_guard.detect.embed import UNITS_DIR, ScanArrays, assemble, embed_units, open_arrays
+from ssl_guard.detect.embed import UNITS_DIR, assemble, embed_units, open_arrays
 from ssl_guard.detect import registry
 from ssl_guard.detect.registry import DetectorInputs
 from ssl_guard.detect.result import Detection

@@ -36,17 +36,46 @@ def resampling_tolerance(images: np.ndarray, rows: np.ndarray, quantile: float =
     return float(torch.quantile(diff.flatten()[:: max(1, diff.numel() // 1_000_000)], quantile))
 
 
-def _windows(images: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_for_windows(images: torch.Tensor, half: int) -> torch.Tensor:
+    """The images zero-padded for `_windows` of half-side `half`, channels last (done once per
+    scan; gathering whole-pixel crops from it is a plain index)."""
+    return F.pad(images, (half + 1, half + 2, half + 1, half + 2)).permute(0, 2, 3, 1).contiguous()
+
+
+def _windows(padded: torch.Tensor, size: int, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, half: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 3, W, W) bilinear windows centred on (x, y) sub-pixel, W = 2·half + 1, with a mask of
-    the pixels inside the image."""
-    size = images.shape[-1]
+    the pixels inside the image (outside pixels read as 0).
+
+    The window's offsets are whole pixels, so every pixel of one window shares the same
+    fractional position: the window is a blend of four integer crops of W + 1 pixels, gathered by
+    index from the images (zero-padded once, `pad_for_windows`) instead of resampling each pair's whole image."""
+    w = 2 * half + 1
+    x0, y0 = torch.floor(x), torch.floor(y)
+    fx, fy = (x - x0)[:, None, None, None], (y - y0)[:, None, None, None]
+    steps = torch.arange(w + 1)
+    _, height, width, channels = padded.shape
+    cols = (x0.long() + 1)[:, None] + steps[None]  # padded column of offset -half, ..., half + 1
+    lines = (y0.long() + 1)[:, None] + steps[None]
+    flat = (rows[:, None, None] * height + lines[:, :, None]) * width + cols[:, None, :]
+    crop = padded.reshape(-1, channels).index_select(0, flat.reshape(-1)).reshape(len(rows), w + 1, w + 1, channels)
+    top = torch.lerp(crop[:, :w, :w], crop[:, :w, 1:], fx)
+    bottom = torch.lerp(crop[:, 1:, :w], crop[:, 1:, 1:], fx)
+    window = torch.lerp(top, bottom, fy).permute(0, 3, 1, 2).contiguous()
     offsets = torch.arange(-half, half + 1, dtype=torch.float32)
-    gx = (x[:, None] + offsets[None]) * 2 / (size - 1) - 1
-    gy = (y[:, None] + offsets[None]) * 2 / (size - 1) - 1
-    w = len(offsets)
-    grid = torch.stack([gx[:, None, :].expand(-1, w, -1), gy[:, :, None].expand(-1, -1, w)], -1)
-    inside = (grid.abs() <= 1).all(-1)
-    return F.grid_sample(images[rows], grid, align_corners=True), inside
+    px, py = x[:, None] + offsets[None], y[:, None] + offsets[None]
+    inside_x, inside_y = (px >= 0) & (px <= size - 1), (py >= 0) & (py <= size - 1)
+    return window, inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def _dilate(region: torch.Tensor) -> torch.Tensor:
+    """3 x 3 dilation of a (n, H, W) bool mask (8-connected), by shifted ORs."""
+    wide = region.clone()
+    wide[:, :, 1:] |= region[:, :, :-1]
+    wide[:, :, :-1] |= region[:, :, 1:]
+    tall = wide.clone()
+    tall[:, 1:] |= wide[:, :-1]
+    tall[:, :-1] |= wide[:, 1:]
+    return tall
 
 
 def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.ndarray, tolerance: float, half: int, batch: int = 4096, advance=lambda k: None) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +90,7 @@ def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.n
     lookup = np.full(int(used.max()) + 1 if len(used) else 1, -1, np.int64)
     lookup[used] = np.arange(len(used))
     pixels = smooth(as_float(images[used])) if len(used) else torch.zeros((0, 3, 1, 1))
+    padded, size = pad_for_windows(pixels, half), images.shape[-1]
     px, py = torch.from_numpy(points.x), torch.from_numpy(points.y)
     evidence = np.zeros(len(a), np.float32)
     boxes = np.zeros((len(a), 4), np.int32)
@@ -69,14 +99,14 @@ def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.n
         sa, sb = torch.from_numpy(a[start : start + batch]), torch.from_numpy(b[start : start + batch])
         ra = torch.from_numpy(lookup[points.image[a[start : start + batch]]])
         rb = torch.from_numpy(lookup[points.image[b[start : start + batch]]])
-        wa, ina = _windows(pixels, ra, px[sa], py[sa], half)
-        wb, inb = _windows(pixels, rb, px[sb], py[sb], half)
+        wa, ina = _windows(padded, size, ra, px[sa], py[sa], half)
+        wb, inb = _windows(padded, size, rb, px[sb], py[sb], half)
         valid = ina & inb
         agree = ((wa - wb).abs().mean(1) < tolerance) & valid
         region = torch.zeros_like(agree)
         region[:, half, half] = agree[:, half, half]
         for _ in range(w):
-            grown = (F.max_pool2d(region[:, None].float(), 3, 1, 1)[:, 0] > 0) & agree
+            grown = _dilate(region) & agree
             if torch.equal(grown, region):
                 break
             region = grown

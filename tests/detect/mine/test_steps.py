@@ -14,6 +14,8 @@ from ssl_guard.detect.mine.scoring import (
     match_residual,
     null_threshold,
     pattern_verdict,
+    phase_residual,
+    phases,
     prevalence_guard,
     residuals,
 )
@@ -128,6 +130,19 @@ def test_match_residual_is_zero_for_a_copy_and_large_for_other_content():
     assert residual.shape == (1, 23, 23) and residual[0, 5, 7] < 1e-4
     other = torch.from_numpy(rng.random((1, 3, 32, 32)).astype(np.float32))
     assert match_residual(other, template).min() > 0.5
+
+
+def test_phase_residual_is_the_smallest_residual_over_the_four_phases():
+    rng = np.random.default_rng(3)
+    images = torch.from_numpy(rng.random((3, 3, 24, 24)).astype(np.float32))
+    template = torch.from_numpy(rng.random((3, 7, 5)).astype(np.float32))
+    one_by_one = torch.stack([match_residual(images, shifted) for shifted in phases(template)]).amin(0)
+    together = phase_residual(images, template)
+    assert together.shape == one_by_one.shape == (3, 19, 21)
+    assert torch.allclose(together, one_by_one, atol=1e-4)
+    # a copy of a half-pixel-shifted phase is found exactly
+    images[1, :, 4:10, 6:10] = phases(template)[3]
+    assert float(phase_residual(images[1:2], template)[0, 4, 6]) < 1e-4
 
 
 def test_a_pattern_in_most_of_the_data_is_reported_not_quarantined():

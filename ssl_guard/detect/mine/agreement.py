@@ -44,7 +44,8 @@ def pad_for_windows(images: torch.Tensor, half: int) -> torch.Tensor:
 
 def _windows(padded: torch.Tensor, size: int, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, half: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 3, W, W) bilinear windows centred on (x, y) sub-pixel, W = 2·half + 1, with a mask of
-    the pixels inside the image (outside pixels read as 0).
+    the pixels inside the image (outside pixels read as 0). The centres lie in the image
+    (0 <= x, y <= R - 1), as keypoints do.
 
     The window's offsets are whole pixels, so every pixel of one window shares the same
     fractional position: the window is a blend of four integer crops of W + 1 pixels, gathered by
@@ -113,7 +114,7 @@ def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.n
         # gradients of window a, where both neighbours are real pixels
         gx = F.pad(wa[:, :, :, 2:] - wa[:, :, :, :-2], (1, 1, 0, 0))
         gy = F.pad(wa[:, :, 2:, :] - wa[:, :, :-2, :], (0, 0, 1, 1))
-        interior = (-F.max_pool2d(-valid[:, None].float(), 3, 1, 1)[:, 0]) > 0.5
+        interior = ~_dilate(~valid)  # both neighbours of every gradient are real pixels
         r = (region & interior).float()
         sxx = (r * (gx * gx).sum(1)).sum((1, 2))
         syy = (r * (gy * gy).sum(1)).sum((1, 2))

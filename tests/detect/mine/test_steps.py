@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ssl_guard.detect.mine.agreement import pair_agreement, resampling_tolerance
+from ssl_guard.detect.mine.agreement import _dilate, _windows, pad_for_windows, pair_agreement, resampling_tolerance
 from ssl_guard.detect.mine.candidates import triangle_groups
 from ssl_guard.detect.mine.descriptors import Keypoints, describe
 from ssl_guard.detect.mine.extraction import block_around
 from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.scoring import (
+    box_sums,
     match_residual,
     null_threshold,
     pattern_verdict,
@@ -130,6 +131,36 @@ def test_match_residual_is_zero_for_a_copy_and_large_for_other_content():
     assert residual.shape == (1, 23, 23) and residual[0, 5, 7] < 1e-4
     other = torch.from_numpy(rng.random((1, 3, 32, 32)).astype(np.float32))
     assert match_residual(other, template).min() > 0.5
+
+
+def test_agreement_windows_are_bilinear_samples_with_zeros_outside():
+    rng = np.random.default_rng(4)
+    images = torch.from_numpy(rng.random((5, 3, 20, 20)).astype(np.float32))
+    half, n = 4, 64
+    rows = torch.from_numpy(rng.integers(0, 5, n))
+    x = torch.from_numpy(rng.uniform(0, 19, n).astype(np.float32))  # keypoints lie in the image
+    y = torch.from_numpy(rng.uniform(0, 19, n).astype(np.float32))
+    window, inside = _windows(pad_for_windows(images, half), 20, rows, x, y, half)
+    # reference: torch's bilinear resampler at the same points (zeros outside the image)
+    offsets = torch.arange(-half, half + 1, dtype=torch.float32)
+    gx = ((x[:, None] + offsets) * 2 / 19 - 1)[:, None, :].expand(-1, 2 * half + 1, -1)
+    gy = ((y[:, None] + offsets) * 2 / 19 - 1)[:, :, None].expand(-1, -1, 2 * half + 1)
+    reference = torch.nn.functional.grid_sample(images[rows], torch.stack([gx, gy], -1), align_corners=True)
+    assert window.shape == (n, 3, 9, 9)
+    assert torch.allclose(window, reference, atol=1e-5)
+    assert torch.equal(inside, (torch.stack([gx, gy], -1).abs() <= 1 + 1e-6).all(-1))
+
+
+def test_dilation_is_a_three_by_three_max():
+    mask = torch.from_numpy(np.random.default_rng(5).random((4, 11, 13)) > 0.85)
+    expected = torch.nn.functional.max_pool2d(mask[:, None].float(), 3, 1, 1)[:, 0] > 0
+    assert torch.equal(_dilate(mask), expected)
+
+
+def test_box_sums_equal_window_sums():
+    values = torch.from_numpy(np.random.default_rng(6).random((2, 1, 17, 23)).astype(np.float32))
+    expected = torch.nn.functional.avg_pool2d(values, (5, 7), stride=1) * 35
+    assert torch.allclose(box_sums(values, 5, 7), expected, atol=1e-4)
 
 
 def test_phase_residual_is_the_smallest_residual_over_the_four_phases():

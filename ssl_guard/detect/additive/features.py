@@ -23,15 +23,29 @@ import torch
 import torch.nn.functional as F
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W), edge pixels replicated."""
+def _blur_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(size, size) matrix of a 1-D Gaussian blur with replicated edges: row i holds the weights
+    that output pixel i takes from each input pixel (the taps that fall off the edge are added to
+    the edge pixel, which is what replicate padding does)."""
     radius = max(1, int(np.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(t**2) / (2 * sigma * sigma))
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    t = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(t**2) / (2 * sigma * sigma))
+    kernel /= kernel.sum()
+    matrix = np.zeros((size, size))
+    for i in range(size):
+        np.add.at(matrix[i], np.clip(i + t, 0, size - 1), kernel)
+    return torch.as_tensor(matrix, dtype=dtype, device=device)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W), edge pixels replicated.
+
+    Each axis is one matrix product with a banded blur matrix: the same sums as a padded
+    depthwise convolution, several times faster on a CPU for the wide kernels used here."""
+    h, w = x.shape[-2:]
+    across = _blur_matrix(w, sigma, x.dtype, x.device)
+    down = across if h == w else _blur_matrix(h, sigma, x.dtype, x.device)
+    return down @ (x @ across.T)
 
 
 def _ycbcr(x: torch.Tensor) -> torch.Tensor:

@@ -130,3 +130,23 @@ def test_empty_and_tiny_inputs():
     assert len(detect_additive(np.zeros((0, 3, R, R), np.uint8)).scores) == 0
     d = detect_additive(np.zeros((5, 3, R, R), np.uint8))
     assert not d.flagged.any()
+
+
+@pytest.mark.parametrize("size, sigma", [(64, 8.0), (16, 1.0), (8, 8.0)])
+def test_blur_equals_a_replicate_padded_gaussian_convolution(size, sigma):
+    import torch
+    import torch.nn.functional as F
+
+    from ssl_guard.detect.additive.features import _blur
+
+    x = torch.from_numpy(np.random.default_rng(7).random((2, 3, size, size)).astype(np.float32))
+    radius = max(1, int(np.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(t**2) / (2 * sigma * sigma))
+    kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
+    # the edge pixel repeated `radius` times on each side, then a depthwise convolution per axis
+    wide = x[..., [0] * radius + list(range(size)) + [size - 1] * radius]
+    rows = F.conv2d(wide, kernel, groups=3)
+    tall = rows[..., [0] * radius + list(range(size)) + [size - 1] * radius, :]
+    expected = F.conv2d(tall, kernel.transpose(2, 3), groups=3)
+    assert torch.allclose(_blur(x, sigma), expected, atol=1e-5)

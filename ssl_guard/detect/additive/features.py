@@ -18,15 +18,18 @@ whose curvature leaves one sign over the flat regions: each feature plane's spat
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def _blur_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+@functools.lru_cache(maxsize=32)
+def _blur_matrix(size: int, sigma: float) -> np.ndarray:
     """(size, size) matrix of a 1-D Gaussian blur with replicated edges: row i holds the weights
     that output pixel i takes from each input pixel (the taps that fall off the edge are added to
-    the edge pixel, which is what replicate padding does)."""
+    the edge pixel, which is what replicate padding does). Built once per size and sigma; read-only."""
     radius = max(1, int(np.ceil(3 * sigma)))
     t = np.arange(-radius, radius + 1)
     kernel = np.exp(-(t**2) / (2 * sigma * sigma))
@@ -34,7 +37,8 @@ def _blur_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.devi
     matrix = np.zeros((size, size))
     for i in range(size):
         np.add.at(matrix[i], np.clip(i + t, 0, size - 1), kernel)
-    return torch.as_tensor(matrix, dtype=dtype, device=device)
+    matrix.setflags(write=False)
+    return matrix
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -43,8 +47,8 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     Each axis is one matrix product with a banded blur matrix: the same sums as a padded
     depthwise convolution, several times faster on a CPU for the wide kernels used here."""
     h, w = x.shape[-2:]
-    across = _blur_matrix(w, sigma, x.dtype, x.device)
-    down = across if h == w else _blur_matrix(h, sigma, x.dtype, x.device)
+    across = torch.tensor(_blur_matrix(w, float(sigma)), dtype=x.dtype, device=x.device)
+    down = across if h == w else torch.tensor(_blur_matrix(h, float(sigma)), dtype=x.dtype, device=x.device)
     return down @ (x @ across.T)
 
 

@@ -44,12 +44,19 @@ def match_residual(images: torch.Tensor, template: torch.Tensor) -> torch.Tensor
     Returns:
         (B, H - h + 1, W - w + 1) residuals.
     """
-    _, th, tw = template.shape
+    return _residuals_of(images, template[None])[:, 0]
+
+
+def _residuals_of(images: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+    """`match_residual` of K templates of one size (K, 3, h, w) at once: (B, K, H - h + 1,
+    W - w + 1). One convolution with the templates as output channels and one window-energy map
+    serve them all."""
+    th, tw = templates.shape[2:]
     window_energy = box_sums((images * images).sum(1, keepdim=True), th, tw)
-    cross = F.conv2d(images, template[None])
-    template_energy = (template * template).sum()
-    spread = ((template - template.mean(dim=(1, 2), keepdim=True)) ** 2).sum().clamp_min(1e-6)
-    return ((window_energy - 2 * cross + template_energy) / spread).squeeze(1).clamp_min(0)
+    cross = F.conv2d(images, templates)
+    template_energy = (templates * templates).sum((1, 2, 3))
+    spread = ((templates - templates.mean(dim=(2, 3), keepdim=True)) ** 2).sum((1, 2, 3)).clamp_min(1e-6)
+    return ((window_energy - 2 * cross + template_energy[None, :, None, None]) / spread[None, :, None, None]).clamp_min(0)
 
 
 def phases(template: torch.Tensor) -> torch.Tensor:
@@ -63,19 +70,10 @@ def phases(template: torch.Tensor) -> torch.Tensor:
 
 def phase_residual(images: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
     """The smallest `match_residual` over the four half-pixel phases of `template` at every
-    position: (B, H - h + 2, W - w + 2).
-
-    The same numbers as matching each phase on its own, computed in one convolution with the four
-    phases as output channels and one window-energy map (the phases share their size): about 3-4x
-    faster on a CPU than four single-channel convolutions (bench/RESULTS.md, "Cost")."""
-    shifted = phases(template)
-    th, tw = shifted.shape[2:]
-    window_energy = box_sums((images * images).sum(1, keepdim=True), th, tw)
-    cross = F.conv2d(images, shifted)
-    template_energy = (shifted * shifted).sum((1, 2, 3))
-    spread = ((shifted - shifted.mean(dim=(2, 3), keepdim=True)) ** 2).sum((1, 2, 3)).clamp_min(1e-6)
-    residual = (window_energy - 2 * cross + template_energy[None, :, None, None]) / spread[None, :, None, None]
-    return residual.clamp_min(0).amin(1)
+    position: (B, H - h + 2, W - w + 2). The phases share their size, so they are matched in one
+    convolution: about 3-4x faster on a CPU than one phase at a time (bench/RESULTS.md, "Cost, and
+    the whole dev split")."""
+    return _residuals_of(images, phases(template)).amin(1)
 
 
 def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], batch_size: int, device: torch.device, advance: Callable[[int], None] = lambda k: None) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import pydantic
 import torch
 
 from ssl_guard.detect.mine.agreement import pair_agreement, resampling_tolerance
-from ssl_guard.detect.mine.candidates import best_pair_in, triangle_groups
+from ssl_guard.detect.mine.candidates import best_pair_in, group_alignment, triangle_groups
 from ssl_guard.detect.mine.descriptors import describe
 from ssl_guard.detect.mine.extraction import Pattern, refine, seed_template
 from ssl_guard.detect.mine.matching import neighbour_pairs
@@ -60,6 +60,32 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
     residual, corner = residuals(images, probe, [template], config.batch_size, device)
     null = null_threshold(residual[:sampled, 0], config.alpha, total, others=residual[sampled:, 0])
     return null, residual[:, 0], corner[:, 0]
+
+
+def _seeds(images: np.ndarray, group: np.ndarray, points, a: np.ndarray, b: np.ndarray, evidence: np.ndarray, region: np.ndarray):
+    """A group's seed templates, best first: the block its members share once aligned to one hub
+    image (`group_alignment`, the median of all the copies), then the agreeing regions of its
+    three strongest pairs (one pair's agreement, which can take in background both happen to share)."""
+    image_a, image_b = points.image[a], points.image[b]
+    shift = np.stack([points.x[b] - points.x[a], points.y[b] - points.y[a]], 1)
+    hub, members, offsets = group_alignment(group, image_a, image_b, shift, evidence)
+    if len(members) >= 3:
+        inside = np.nonzero(((image_a == hub) & np.isin(image_b, group)) | ((image_b == hub) & np.isin(image_a, group)))[0]
+        pair = inside[np.argmax(evidence[inside])]
+        kp = a[pair] if image_a[pair] == hub else b[pair]
+        box = region[pair]
+        template = seed_template(images, hub, float(points.x[kp]), float(points.y[kp]), box)
+        if template is not None:
+            x0 = int(np.clip(round(float(points.x[kp])) + box[0], 0, images.shape[-1]))
+            y0 = int(np.clip(round(float(points.y[kp])) + box[1], 0, images.shape[-1]))
+            corners = np.round(np.stack([y0 + offsets[:, 1], x0 + offsets[:, 0]], 1)).astype(np.int64)
+            h, w = template.shape[1:]
+            size = images.shape[-1]
+            inside_frame = (corners[:, 0] >= 0) & (corners[:, 1] >= 0) & (corners[:, 0] + h <= size) & (corners[:, 1] + w <= size)
+            if inside_frame.sum() >= 3:
+                yield "aligned", refine(images, members[inside_frame], corners[inside_frame], template)
+    for pair in best_pair_in(group, image_a, image_b, evidence, 3):
+        yield "pair", seed_template(images, int(image_a[pair]), float(points.x[a[pair]]), float(points.y[a[pair]]), region[pair])
 
 
 def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: MineConfig | None = None, device: str | torch.device = "cpu", progress=None) -> Detection:
@@ -118,8 +144,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             continue  # a part of a pattern already in the bank
         verdict, evidence_row, pattern = "no seed region", {"group": float(len(group))}, None
         probe = np.concatenate([sample, np.setdiff1d(group, sample)])
-        for pair in best_pair_in(group, image_a, image_b, evidence, 3):
-            template = seed_template(images, int(image_a[pair]), float(points.x[a[pair]]), float(points.y[a[pair]]), region[pair])
+        for kind, template in _seeds(images, group, points, a, b, evidence, region):
             if template is None:
                 continue
             null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device)
@@ -149,6 +174,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             # hosts in the whole scan: the random sample's share scaled up, or those seen if more
             expected_hosts = max(float(hosts.sum()), float(hosts[: len(sample)].sum()) * n / len(sample))
             evidence_row["expected_hosts"] = expected_hosts
+            evidence_row["seed"] = kind
             verdict = pattern_verdict(expected_hosts, null, config.min_hosts, config.max_lookalike_ratio)
             if verdict == "accepted":
                 break

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_guard.detect.mine.edits import as_float
+from ssl_guard.detect.mine.edits import as_float, smooth
 
 
 @dataclass
@@ -60,7 +60,11 @@ def refine(images: np.ndarray, hosts: np.ndarray, corners: np.ndarray, template:
     size = max(wide_h, wide_w)
     stack = _crop(as_float(images[hosts]), corners[:, 0] - pad, corners[:, 1] - pad, size)[:, :, :wide_h, :wide_w]
     median = stack.median(dim=0).values
-    deviation = (stack - median).abs().mean(dim=1).median(dim=0).values  # (wide_h, wide_w)
+    # agreement is read on lightly smoothed pixels, as in step 3: copies resampled at different
+    # sub-pixel phases and JPEG-coded in different hosts differ pixel by pixel at the pattern's
+    # sharp edges, not after a 3 x 3 box blur
+    smoothed = smooth(stack)
+    deviation = (smoothed - smoothed.median(dim=0).values).abs().mean(dim=1).median(dim=0).values  # (wide_h, wide_w)
     inner = deviation[pad : pad + h, pad : pad + w].median()
     ring = torch.cat([deviation[:2].flatten(), deviation[-2:].flatten(), deviation[:, :2].flatten(), deviation[:, -2:].flatten()]).median()
     if ring <= 2 * inner:

@@ -82,8 +82,8 @@ def _seeds(images: np.ndarray, group: np.ndarray, points, a: np.ndarray, b: np.n
             h, w = template.shape[1:]
             size = images.shape[-1]
             inside_frame = (corners[:, 0] >= 0) & (corners[:, 1] >= 0) & (corners[:, 0] + h <= size) & (corners[:, 1] + w <= size)
-            if inside_frame.sum() >= 3:
-                yield "aligned", refine(images, members[inside_frame], corners[inside_frame], template)
+            if inside_frame[0] and inside_frame.sum() >= 3:  # the hub (first member) among them
+                yield "aligned", refine(images, members[inside_frame], corners[inside_frame], template, copy_of=0)
     for pair in best_pair_in(group, image_a, image_b, evidence, 3):
         yield "pair", seed_template(images, int(image_a[pair]), float(points.x[a[pair]]), float(points.y[a[pair]]), region[pair])
 

@@ -44,11 +44,15 @@ def _crop(images: torch.Tensor, y: np.ndarray, x: np.ndarray, size: int) -> torc
     return torch.stack([padded[i, :, yy + size : yy + 2 * size, xx + size : xx + 2 * size] for i, (yy, xx) in enumerate(zip(y.tolist(), x.tolist()))])
 
 
-def refine(images: np.ndarray, hosts: np.ndarray, corners: np.ndarray, template: torch.Tensor) -> torch.Tensor | None:
+def refine(images: np.ndarray, hosts: np.ndarray, corners: np.ndarray, template: torch.Tensor, copy_of: int | None = None) -> torch.Tensor | None:
     """Grow or shrink `template` to the block its hosts share.
 
     Args:
         hosts: rows matching the template; corners: (H, 2) y, x of each match's top-left.
+        copy_of: the index (into `hosts`) of one host whose own pixels over the block are returned
+            instead of the median. For hosts stacked at whole-pixel offsets that are only known
+            to within a pixel, the median of a fine pattern is a blurred copy that matches none of
+            the sharp ones.
     Returns:
         the median of the hosts' pixels over the shared block, or None when the hosts agree as
         much around the template as on it (no pasted block: a natural texture or background) or
@@ -78,7 +82,8 @@ def refine(images: np.ndarray, hosts: np.ndarray, corners: np.ndarray, template:
         # wider than half the image: a whole-image repeat or a shared background, not a pasted
         # patch (the threat model's patches are at most a quarter of the side)
         return None
-    return median[:, y0:y1, x0:x1].contiguous()
+    source = median if copy_of is None else stack[copy_of]
+    return source[:, y0:y1, x0:x1].contiguous()
 
 
 def block_around(consistent: np.ndarray, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_guard.detect.mine.edits import as_float
+from ssl_guard.detect.mine.edits import as_float, smooth
 
 
 def box_sums(values: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -76,21 +76,45 @@ def phase_residual(images: torch.Tensor, template: torch.Tensor) -> torch.Tensor
     return _residuals_of(images, phases(template)).amin(1)
 
 
+SMOOTHED_FROM = 6
+
+
+def matched_form(template: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """What is matched for `template`: its 3 x 3-smoothed pixels with the one-pixel border cut
+    (a border pixel's blur would mix in host content), compared with the smoothed images; a
+    template under `SMOOTHED_FROM` px on a side is matched as it is (cut, it would be too small to
+    carry structure).
+
+    Smoothing is what makes copies of a fine pattern (noise, a QR code) match: resampled at
+    other sub-pixel phases and JPEG-coded in other hosts, they differ pixel for pixel by a third
+    or more of the pattern's own variance, and by a few percent after a 3 x 3 box blur, while
+    unrelated content still differs at low frequencies (docs/mine.md, "Matching on smoothed
+    pixels"). Returns the matched template and whether it is the smoothed form (its windows'
+    top-left corners are then one pixel inside the template's)."""
+    if min(template.shape[1:]) < SMOOTHED_FROM:
+        return template, False
+    return smooth(template[None])[0, :, 1:-1, 1:-1].contiguous(), True
+
+
 def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], batch_size: int, device: torch.device, advance: Callable[[int], None] = lambda k: None) -> tuple[np.ndarray, np.ndarray]:
     """Best residual of each template in each image of `rows`: (len(rows), T) float32, and the
-    best window's top-left corner (len(rows), T, 2) int32 as (y, x)."""
+    best window's top-left corner (len(rows), T, 2) int32 as (y, x), in the template's own
+    coordinates (the smoothed form's offset undone, clipped to the image)."""
     out = np.full((len(rows), len(templates)), np.inf, np.float32)
     corner = np.zeros((len(rows), len(templates), 2), np.int32)
+    forms = [matched_form(t.to(device)) for t in templates]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         pixels = as_float(images[chunk], device)
-        for t, template in enumerate(templates):
-            residual = phase_residual(pixels, template.to(device))
+        smoothed = smooth(pixels) if any(f[1] for f in forms) else None
+        for t, (template, is_smoothed) in enumerate(forms):
+            residual = phase_residual(smoothed if is_smoothed else pixels, template)
             b, h, w = residual.shape
             value, flat = residual.reshape(b, -1).min(dim=1)
             out[start : start + len(chunk), t] = value.cpu().numpy()
-            corner[start : start + len(chunk), t, 0] = (flat // w).cpu().numpy()
-            corner[start : start + len(chunk), t, 1] = (flat % w).cpu().numpy()
+            shift = 1 if is_smoothed else 0
+            corner[start : start + len(chunk), t, 0] = np.maximum((flat // w).cpu().numpy() - shift, 0)
+            corner[start : start + len(chunk), t, 1] = np.maximum((flat % w).cpu().numpy() - shift, 0)
         advance(len(chunk))
     return out, corner
 
@@ -151,8 +175,9 @@ def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tenso
     maps: dict[int, np.ndarray] = {}
     for row in rows.tolist():
         t = int(which[row])
-        template = templates[t]
-        residual = match_residual(as_float(images[row : row + 1], device), template.to(device))[0]
+        template, is_smoothed = matched_form(templates[t].to(device))
+        pixels = as_float(images[row : row + 1], device)
+        residual = match_residual(smooth(pixels) if is_smoothed else pixels, template)[0]
         heat = (1.0 - residual / (2 * float(thresholds[t]))).clamp(0, 1)
         h, w = template.shape[1:]
         full = torch.zeros(images.shape[-2:], device=heat.device)

@@ -206,7 +206,8 @@ def test_refine_refuses_a_shared_block_wider_than_half_the_image():
     small[:, :, 10:50, 12:52] = rng.integers(0, 256, (6, 3, 40, 40)).astype(np.uint8)
     small[:, :, 20:36, 22:38] = big[:, :16, :16]  # a 16-px block: a patch
     found = refine(small, np.arange(6), np.array([[23, 25]] * 6), torch.from_numpy(big[:, 3:13, 3:13].astype(np.float32) / 255))
-    assert found is not None and found.shape[1:] == (16, 16)
+    # agreement is read on 3 x 3-smoothed pixels, which can move the block's edge by one pixel
+    assert found is not None and all(abs(side - 16) <= 1 for side in found.shape[1:])
 
 
 def test_a_template_no_better_than_a_flat_patch_is_rejected():
@@ -221,3 +222,58 @@ def test_a_template_no_better_than_a_flat_patch_is_rejected():
     assert pattern_verdict(200.0, {"threshold": 40.5, "lookalike_ratio": 0.44}, 5, 0.5).startswith("rejected: the template matches no better than a flat patch")
     assert pattern_verdict(3.0, good, 5, 0.5) == "fewer than 5 hosts"
     assert pattern_verdict(40.0, {"threshold": 0.4, "lookalike_ratio": 2.0}, 5, 0.5).startswith("rejected: natural look-alikes")
+
+
+def test_group_alignment_chains_translations_to_the_hub():
+    """Copies at known positions, joined by correspondences that each see only a neighbouring
+    copy (a chain, plus a weak wrong edge): every member's offset from the hub is the difference
+    of the copies' positions, whichever path the spanning tree takes."""
+    from ssl_guard.detect.mine.candidates import group_alignment
+
+    rng = np.random.default_rng(2)
+    where = {r: rng.uniform(5, 40, 2) for r in range(10, 16)}
+    a_rows, b_rows, shift, evidence = [], [], [], []
+    for r in range(10, 15):  # a chain 10-11-12-13-14-15, strong edges
+        for _ in range(2):
+            a_rows.append(r)
+            b_rows.append(r + 1)
+            shift.append(where[r + 1] - where[r])
+            evidence.append(5.0 + rng.random())
+    a_rows.append(10)
+    b_rows.append(15)
+    shift.append(np.array([30.0, -30.0]))  # a chance correspondence: wrong translation, weak
+    evidence.append(0.1)
+    # the hub is the member with the most correspondences: give 12 two more
+    for other in (11, 13):
+        a_rows.append(12)
+        b_rows.append(other)
+        shift.append(where[other] - where[12])
+        evidence.append(4.0)
+    hub, members, offsets = group_alignment(np.arange(10, 16), np.array(a_rows), np.array(b_rows), np.array(shift), np.array(evidence))
+    assert hub == 12 and members[0] == 12 and sorted(members.tolist()) == list(range(10, 16))
+    for m, o in zip(members.tolist(), offsets):
+        np.testing.assert_allclose(o, where[m] - where[12], atol=1e-6)
+
+
+def test_refine_finds_the_block_of_copies_resampled_at_other_phases():
+    """Copies of one sharp pattern pasted at different sub-pixel phases (bilinear) into different
+    content, stacked at whole-pixel corners: pixel for pixel they differ at every edge, yet refine
+    cuts the pattern's block (agreement read on smoothed pixels), not None."""
+    from ssl_guard.detect.mine.extraction import refine
+
+    rng = np.random.default_rng(4)
+    images = _noise_images(30, size=64, seed=4)
+    sharp = torch.from_numpy((rng.integers(0, 2, (3, 12, 12)) * 255).astype(np.float32))  # 12 px, 1-px cells
+    corners = []
+    for i in range(30):
+        fy, fx = rng.random(2) - 0.5
+        grid = torch.nn.functional.pad(sharp[None], (1, 1, 1, 1), mode="replicate")
+        theta = torch.tensor([[[1.0, 0, 2 * fx / 14], [0, 1.0, 2 * fy / 14]]], dtype=torch.float32)
+        moved = torch.nn.functional.grid_sample(grid, torch.nn.functional.affine_grid(theta, (1, 3, 14, 14), align_corners=False), align_corners=False)[0, :, 1:13, 1:13]
+        y, x = (int(v) for v in rng.integers(14, 38, 2))
+        images[i, :, y : y + 12, x : x + 12] = moved.round().clamp(0, 255).byte().numpy()
+        corners.append((y + 2, x + 3))  # a seed box inside the copy, off its corner
+    seed = torch.from_numpy(images[0, :, corners[0][0] : corners[0][0] + 8, corners[0][1] : corners[0][1] + 8].astype(np.float32) / 255)
+    found = refine(images, np.arange(30), np.array(corners), seed)
+    assert found is not None  # read pixel for pixel, the phases' differences look like host content
+    assert all(abs(side - 12) <= 1 for side in found.shape[1:])

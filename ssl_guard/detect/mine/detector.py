@@ -14,6 +14,7 @@ from ssl_guard.detect.mine.descriptors import describe
 from ssl_guard.detect.mine.extraction import Pattern, refine, seed_template
 from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.scoring import (
+    SMOOTHED_FROM,
     default_min_hosts,
     host_concentration,
     match_maps,
@@ -56,10 +57,26 @@ class MineConfig(pydantic.BaseModel):
 
 def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, template: torch.Tensor, config: MineConfig, device: torch.device) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Match `template` in the images `probe` (its first `sampled` rows a random sample of the
-    scan, the rest the candidate group's images); the null is fitted on the random sample only."""
-    residual, corner = residuals(images, probe, [template], config.batch_size, device)
-    null = null_threshold(residual[:sampled, 0], config.alpha, total, others=residual[sampled:, 0])
-    return null, residual[:, 0], corner[:, 0]
+    scan, the rest the candidate group's images); the null is fitted on the random sample only.
+
+    Both matched forms (`scoring.matched_form`: pixels as they are, and smoothed) are tested; the
+    smoothed one is kept when its null leaves more hosts below the threshold and the template
+    stays acceptable in that form (threshold under 1, look-alike band no fuller than allowed).
+    `null["smoothed"]` says which."""
+    residual, corner = residuals(images, probe, [template, template], config.batch_size, device, smoothed=[False, True])
+    forms = []
+    for f in (0, 1):
+        null = null_threshold(residual[:sampled, f], config.alpha, total, others=residual[sampled:, f])
+        forms.append(({**null, "smoothed": float(f)}, residual[:, f], corner[:, f]))
+        if min(template.shape[1:]) < SMOOTHED_FROM:
+            break  # matched as it is in both forms
+
+    def acceptable(null: dict[str, float]) -> bool:
+        return null["threshold"] < 1.0 and null["lookalike_ratio"] <= config.max_lookalike_ratio
+
+    if len(forms) == 2 and acceptable(forms[1][0]) and (not acceptable(forms[0][0]) or forms[1][0]["hosts"] > forms[0][0]["hosts"]):
+        return forms[1]
+    return forms[0]
 
 
 def _seeds(images: np.ndarray, group: np.ndarray, points, a: np.ndarray, b: np.ndarray, evidence: np.ndarray, region: np.ndarray):
@@ -195,7 +212,8 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
 
     clock = time.perf_counter()
     templates = [p.template for p, _ in accepted]
-    residual, corner = residuals(images, np.arange(n), templates, config.batch_size, device, stage("mine: score", n))
+    smoothed = [bool(e.get("smoothed", 0.0)) for _, e in accepted]
+    residual, corner = residuals(images, np.arange(n), templates, config.batch_size, device, stage("mine: score", n), smoothed=smoothed)
     thresholds = np.array([e["threshold"] for _, e in accepted], np.float32)
     relative = np.clip(1.0 - residual / (2 * thresholds[None, :]), 0.0, 1.0)
     which = relative.argmax(axis=1)
@@ -220,7 +238,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             targeted=None if "targeted" not in row else bool(row["targeted"]),
             evidence=row,
         ))
-    maps = match_maps(images, np.argsort(-scores, kind="stable")[: config.report_maps], templates, which, thresholds, device)
+    maps = match_maps(images, np.argsort(-scores, kind="stable")[: config.report_maps], templates, which, thresholds, device, smoothed)
     seconds["score"] = time.perf_counter() - clock
     details["pattern_of_sample"] = which
     return Detection("mine", scores, flagged, boxes, 0.5, bank, maps, seconds, warnings, details)

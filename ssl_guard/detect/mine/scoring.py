@@ -79,30 +79,32 @@ def phase_residual(images: torch.Tensor, template: torch.Tensor) -> torch.Tensor
 SMOOTHED_FROM = 6
 
 
-def matched_form(template: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """What is matched for `template`: its 3 x 3-smoothed pixels with the one-pixel border cut
-    (a border pixel's blur would mix in host content), compared with the smoothed images; a
-    template under `SMOOTHED_FROM` px on a side is matched as it is (cut, it would be too small to
-    carry structure).
+def matched_form(template: torch.Tensor, smoothed: bool) -> tuple[torch.Tensor, bool]:
+    """What is matched for `template`: as it is, or (`smoothed`) its 3 x 3-smoothed pixels with
+    the one-pixel border cut (a border pixel's blur would mix in host content), compared with the
+    smoothed images. A template under `SMOOTHED_FROM` px on a side is always matched as it is
+    (cut, it would be too small to carry structure).
 
-    Smoothing is what makes copies of a fine pattern (noise, a QR code) match: resampled at
-    other sub-pixel phases and JPEG-coded in other hosts, they differ pixel for pixel by a third
-    or more of the pattern's own variance, and by a few percent after a 3 x 3 box blur, while
-    unrelated content still differs at low frequencies (docs/mine.md, "Matching on smoothed
-    pixels"). Returns the matched template and whether it is the smoothed form (its windows'
-    top-left corners are then one pixel inside the template's)."""
-    if min(template.shape[1:]) < SMOOTHED_FROM:
+    Neither form is better for every pattern (docs/mine.md, "Matching on smoothed pixels"): copies
+    of a fine noise texture, resampled at other sub-pixel phases and JPEG-coded in other hosts,
+    differ pixel for pixel by a third of the pattern's own variance and match only smoothed; a
+    small QR code loses to smoothing the very structure that sets it apart from natural content.
+    The detector tests both and keeps the one the scan's own null separates better. Returns the
+    matched template and whether it is the smoothed form (its windows' top-left corners are then
+    one pixel inside the template's)."""
+    if not smoothed or min(template.shape[1:]) < SMOOTHED_FROM:
         return template, False
     return smooth(template[None])[0, :, 1:-1, 1:-1].contiguous(), True
 
 
-def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], batch_size: int, device: torch.device, advance: Callable[[int], None] = lambda k: None) -> tuple[np.ndarray, np.ndarray]:
+def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], batch_size: int, device: torch.device, advance: Callable[[int], None] = lambda k: None, smoothed: list[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Best residual of each template in each image of `rows`: (len(rows), T) float32, and the
     best window's top-left corner (len(rows), T, 2) int32 as (y, x), in the template's own
-    coordinates (the smoothed form's offset undone, clipped to the image)."""
+    coordinates (the smoothed form's offset undone, clipped to the image). `smoothed[t]`: match
+    template t in its smoothed form (`matched_form`); default: every template as it is."""
     out = np.full((len(rows), len(templates)), np.inf, np.float32)
     corner = np.zeros((len(rows), len(templates), 2), np.int32)
-    forms = [matched_form(t.to(device)) for t in templates]
+    forms = [matched_form(t.to(device), bool(smoothed[i]) if smoothed is not None else False) for i, t in enumerate(templates)]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         pixels = as_float(images[chunk], device)
@@ -169,13 +171,13 @@ def pattern_verdict(expected_hosts: float, null: dict[str, float], min_hosts: in
     return "accepted"
 
 
-def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], which: np.ndarray, thresholds: np.ndarray, device: torch.device) -> dict[int, np.ndarray]:
+def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], which: np.ndarray, thresholds: np.ndarray, device: torch.device, smoothed: list[bool] | None = None) -> dict[int, np.ndarray]:
     """Where in each image its best pattern matches: row -> (R, R) float16 in [0, 1], 1 where the
     window centred there is an exact copy, 0 at twice the pattern's threshold and beyond."""
     maps: dict[int, np.ndarray] = {}
     for row in rows.tolist():
         t = int(which[row])
-        template, is_smoothed = matched_form(templates[t].to(device))
+        template, is_smoothed = matched_form(templates[t].to(device), bool(smoothed[t]) if smoothed is not None else False)
         pixels = as_float(images[row : row + 1], device)
         residual = match_residual(smooth(pixels) if is_smoothed else pixels, template)[0]
         heat = (1.0 - residual / (2 * float(thresholds[t]))).clamp(0, 1)

@@ -277,3 +277,16 @@ def test_refine_finds_the_block_of_copies_resampled_at_other_phases():
     found = refine(images, np.arange(30), np.array(corners), seed)
     assert found is not None  # read pixel for pixel, the phases' differences look like host content
     assert all(abs(side - 12) <= 1 for side in found.shape[1:])
+
+
+def test_smoothed_matching_reports_the_copy_at_the_templates_own_corner():
+    """In its smoothed form a template is matched one pixel inside its border; the corner returned
+    is still the copy's top-left, and a copy scores near 0 in both forms while others do not."""
+    images = _noise_images(8, size=48, seed=6)
+    out, where = _with_pattern(images, [2, 5])
+    template = torch.from_numpy(_pattern().astype(np.float32) / 255)
+    for smoothed in (False, True):
+        residual, corner = residuals(out, np.arange(8), [template], 4, torch.device("cpu"), smoothed=[smoothed])
+        for r, (x, y) in where.items():
+            assert residual[r, 0] < 0.05 and tuple(corner[r, 0]) == (y, x)
+        assert np.delete(residual[:, 0], [2, 5]).min() > 0.2

@@ -191,7 +191,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             # hosts in the whole scan: the random sample's share scaled up, or those seen if more
             expected_hosts = max(float(hosts.sum()), float(hosts[: len(sample)].sum()) * n / len(sample))
             evidence_row["expected_hosts"] = expected_hosts
-            evidence_row["seed"] = kind
+            evidence_row["aligned_seed"] = float(kind == "aligned")
             verdict = pattern_verdict(expected_hosts, null, config.min_hosts, config.max_lookalike_ratio)
             if verdict == "accepted":
                 break

@@ -16,6 +16,7 @@ from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.scoring import (
     SMOOTHED_FROM,
     default_min_hosts,
+    drop_thin_patterns,
     host_concentration,
     match_maps,
     null_threshold,
@@ -222,6 +223,12 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     y, x = corner[np.arange(n), which, 0], corner[np.arange(n), which, 1]
     sizes = np.array([t.shape[1:] for t in templates])[which]
     boxes = np.stack([x, y, x + sizes[:, 1], y + sizes[:, 0]], 1).astype(np.int32)
+    # the host count was extrapolated from a sample during verification; the scan's own count is
+    # now known, and a pattern with fewer than `min_hosts` there is a near-duplicate, not a trigger
+    flagged, counts, thin_warnings = drop_thin_patterns(flagged, which, len(accepted), config.min_hosts)
+    warnings.extend(thin_warnings)
+    for (_, row), found in zip(accepted, counts):
+        row["scan_hosts"] = float(found)
     raw_flagged = flagged
     flagged, shares, guard_warnings = prevalence_guard(flagged, which, len(accepted), config.prevalence_guard)
     warnings.extend(guard_warnings)

@@ -290,3 +290,16 @@ def test_smoothed_matching_reports_the_copy_at_the_templates_own_corner():
         for r, (x, y) in where.items():
             assert residual[r, 0] < 0.05 and tuple(corner[r, 0]) == (y, x)
         assert np.delete(residual[:, 0], [2, 5]).min() > 0.2
+
+
+def test_a_pattern_with_too_few_hosts_in_the_whole_scan_is_not_quarantined():
+    from ssl_guard.detect.mine.scoring import drop_thin_patterns
+
+    flagged = np.zeros(100, bool)
+    flagged[:4] = True  # pattern 0: 4 hosts
+    flagged[10:30] = True  # pattern 1: 20 hosts
+    which = np.zeros(100, int)
+    which[10:30] = 1
+    out, counts, warnings = drop_thin_patterns(flagged, which, 2, 5)
+    assert counts == [4, 20] and not out[:4].any() and out[10:30].all() and out.sum() == 20
+    assert len(warnings) == 1 and "fewer than min_hosts (5)" in warnings[0]

@@ -11,7 +11,7 @@ import torch
 from ssl_guard.detect.mine.agreement import pair_agreement, resampling_tolerance
 from ssl_guard.detect.mine.candidates import best_pair_in, group_alignment, triangle_groups
 from ssl_guard.detect.mine.descriptors import describe
-from ssl_guard.detect.mine.extraction import Pattern, refine, seed_template
+from ssl_guard.detect.mine.extraction import Pattern, refine, seed_box, seed_template
 from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.scoring import (
     SMOOTHED_FROM,
@@ -64,41 +64,40 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
     smoothed one is kept when its null leaves more hosts below the threshold and the template
     stays acceptable in that form (threshold under 1, look-alike band no fuller than allowed).
     `null["smoothed"]` says which."""
-    residual, corner = residuals(images, probe, [template, template], config.batch_size, device, smoothed=[False, True])
+    # a template under SMOOTHED_FROM px is matched as it is in both forms: match it once
+    smoothed = [False, True] if min(template.shape[1:]) >= SMOOTHED_FROM else [False]
+    residual, corner = residuals(images, probe, [template] * len(smoothed), config.batch_size, device, smoothed=smoothed)
     forms = []
-    for f in (0, 1):
+    for f in range(len(smoothed)):
         null = null_threshold(residual[:sampled, f], config.alpha, total, others=residual[sampled:, f])
         forms.append(({**null, "smoothed": float(f)}, residual[:, f], corner[:, f]))
-        if min(template.shape[1:]) < SMOOTHED_FROM:
-            break  # matched as it is in both forms
 
     def acceptable(null: dict[str, float]) -> bool:
-        return null["threshold"] < 1.0 and null["lookalike_ratio"] <= config.max_lookalike_ratio
+        # pattern_verdict's two refusals (flat patch, look-alike continuum), its host count set aside
+        return pattern_verdict(float("inf"), null, 0, config.max_lookalike_ratio) == "accepted"
 
     if len(forms) == 2 and acceptable(forms[1][0]) and (not acceptable(forms[0][0]) or forms[1][0]["hosts"] > forms[0][0]["hosts"]):
         return forms[1]
     return forms[0]
 
 
-def _seeds(images: np.ndarray, group: np.ndarray, points, a: np.ndarray, b: np.ndarray, evidence: np.ndarray, region: np.ndarray):
+def _seeds(images: np.ndarray, group: np.ndarray, points, a: np.ndarray, b: np.ndarray, shift: np.ndarray, evidence: np.ndarray, region: np.ndarray):
     """A group's seed templates, best first: the block its members share once aligned to one hub
-    image (`group_alignment`, the median of all the copies), then the agreeing regions of its
-    three strongest pairs (one pair's agreement, which can take in background both happen to share)."""
+    image (`group_alignment`; the hub's own copy over it), then the agreeing regions of its three
+    strongest pairs (one pair's agreement, which can take in background both happen to share).
+    `shift`: (n, 2) the translation of each correspondence, point b minus point a."""
     image_a, image_b = points.image[a], points.image[b]
-    shift = np.stack([points.x[b] - points.x[a], points.y[b] - points.y[a]], 1)
     hub, members, offsets = group_alignment(group, image_a, image_b, shift, evidence)
     if len(members) >= 3:
         inside = np.nonzero(((image_a == hub) & np.isin(image_b, group)) | ((image_b == hub) & np.isin(image_a, group)))[0]
         pair = inside[np.argmax(evidence[inside])]
         kp = a[pair] if image_a[pair] == hub else b[pair]
-        box = region[pair]
-        template = seed_template(images, hub, float(points.x[kp]), float(points.y[kp]), box)
+        template = seed_template(images, hub, float(points.x[kp]), float(points.y[kp]), region[pair])
         if template is not None:
-            x0 = int(np.clip(round(float(points.x[kp])) + box[0], 0, images.shape[-1]))
-            y0 = int(np.clip(round(float(points.y[kp])) + box[1], 0, images.shape[-1]))
+            size = images.shape[-1]
+            x0, y0, _, _ = seed_box(size, float(points.x[kp]), float(points.y[kp]), region[pair])
             corners = np.round(np.stack([y0 + offsets[:, 1], x0 + offsets[:, 0]], 1)).astype(np.int64)
             h, w = template.shape[1:]
-            size = images.shape[-1]
             inside_frame = (corners[:, 0] >= 0) & (corners[:, 1] >= 0) & (corners[:, 0] + h <= size) & (corners[:, 1] + w <= size)
             if inside_frame[0] and inside_frame.sum() >= 3:  # the hub (first member) among them
                 yield "aligned", refine(images, members[inside_frame], corners[inside_frame], template, copy_of=0)
@@ -150,6 +149,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
 
     clock = time.perf_counter()
     image_a, image_b = points.image[a], points.image[b]
+    shift = np.stack([points.x[b] - points.x[a], points.y[b] - points.y[a]], 1)
     groups = triangle_groups(image_a, image_b, evidence, n, budget=len(mined), min_size=3)
     advance = stage("mine: verify", min(len(groups), config.max_candidates))
     sample = np.sort(rng.choice(n, min(n, config.probe_images), replace=False))
@@ -162,7 +162,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             continue  # a part of a pattern already in the bank
         verdict, evidence_row, pattern = "no seed region", {"group": float(len(group))}, None
         probe = np.concatenate([sample, np.setdiff1d(group, sample)])
-        for kind, template in _seeds(images, group, points, a, b, evidence, region):
+        for kind, template in _seeds(images, group, points, a, b, shift, evidence, region):
             if template is None:
                 continue
             null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device)

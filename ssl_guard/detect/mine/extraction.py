@@ -27,12 +27,17 @@ class Pattern:
     boxes: np.ndarray
 
 
-def seed_template(images: np.ndarray, row: int, x: float, y: float, box: np.ndarray) -> torch.Tensor | None:
-    """The pixels of image `row` inside `box` (relative to the keypoint at x, y); None when the
-    agreeing region is thinner than 3 px."""
-    size = images.shape[-1]
+def seed_box(size: int, x: float, y: float, box: np.ndarray) -> tuple[int, int, int, int]:
+    """`box` (relative to the keypoint at x, y) in image pixels, x0, y0, x1, y1, clipped to the image."""
     x0, y0 = int(np.clip(round(x) + box[0], 0, size)), int(np.clip(round(y) + box[1], 0, size))
     x1, y1 = int(np.clip(round(x) + box[2], 0, size)), int(np.clip(round(y) + box[3], 0, size))
+    return x0, y0, x1, y1
+
+
+def seed_template(images: np.ndarray, row: int, x: float, y: float, box: np.ndarray) -> torch.Tensor | None:
+    """The pixels of image `row` inside `box` (relative to the keypoint at x, y, `seed_box`);
+    None when the agreeing region is thinner than 3 px."""
+    x0, y0, x1, y1 = seed_box(images.shape[-1], x, y, box)
     if min(x1 - x0, y1 - y0) < 3:
         return None
     return as_float(images[row : row + 1, :, y0:y1, x0:x1])[0].contiguous()

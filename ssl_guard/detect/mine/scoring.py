@@ -108,9 +108,9 @@ def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         pixels = as_float(images[chunk], device)
-        smoothed = smooth(pixels) if any(f[1] for f in forms) else None
+        smoothed_pixels = smooth(pixels) if any(f[1] for f in forms) else None
         for t, (template, is_smoothed) in enumerate(forms):
-            residual = phase_residual(smoothed if is_smoothed else pixels, template)
+            residual = phase_residual(smoothed_pixels if is_smoothed else pixels, template)
             b, h, w = residual.shape
             value, flat = residual.reshape(b, -1).min(dim=1)
             out[start : start + len(chunk), t] = value.cpu().numpy()

@@ -64,11 +64,21 @@ class Clustering:
         return np.split(order, bounds)
 
 
-def spherical_kmeans(embeddings: np.ndarray, k: int, iters: int = 20, seed: int = 0) -> Clustering:
+def mean_embedding(embeddings: np.ndarray) -> np.ndarray:
+    """(D,) float32 mean of the L2-normalised rows of `embeddings` (N, D), read in chunks."""
+    total = np.zeros(embeddings.shape[1], np.float64)
+    for start in range(0, len(embeddings), _ASSIGN_CHUNK):
+        total += _unit_rows(np.asarray(embeddings[start : start + _ASSIGN_CHUNK], dtype=np.float32)).sum(axis=0)
+    return (total / max(len(embeddings), 1)).astype(np.float32)
+
+
+def spherical_kmeans(embeddings: np.ndarray, k: int, iters: int = 20, seed: int = 0, centre: np.ndarray | None = None) -> Clustering:
     """faiss spherical k-means of `embeddings` (N, D) float (rows L2-normalised) into `k` clusters.
 
     Trained on at most 256 rows per centroid (faiss's own cap), then every row is assigned in
-    chunks, so a float16 memmap is read once and never held as float32 in full.
+    chunks, so a float16 memmap is read once and never held as float32 in full. With `centre`
+    (D,), each normalised row has it subtracted and is normalised again first: the clustering is
+    then of the directions around the data's mean (see `ClusterHead`).
     """
     import faiss
 
@@ -76,7 +86,7 @@ def spherical_kmeans(embeddings: np.ndarray, k: int, iters: int = 20, seed: int 
     k = max(1, min(int(k), n))
     rng = np.random.default_rng(seed)
     train_rows = np.sort(rng.choice(n, size=min(n, _TRAIN_POINTS_PER_CENTROID * k), replace=False))
-    train = _unit_rows(np.asarray(embeddings[train_rows], dtype=np.float32))
+    train = _centred(np.asarray(embeddings[train_rows], dtype=np.float32), centre)
     if k == 1:
         centroids = _unit_rows(train.mean(axis=0, keepdims=True))
     else:
@@ -89,7 +99,7 @@ def spherical_kmeans(embeddings: np.ndarray, k: int, iters: int = 20, seed: int 
     assignments = np.empty(n, np.int64)
     similarity = np.empty(n, np.float32)
     for start in range(0, n, _ASSIGN_CHUNK):
-        chunk = _unit_rows(np.asarray(embeddings[start : start + _ASSIGN_CHUNK], dtype=np.float32))
+        chunk = _centred(np.asarray(embeddings[start : start + _ASSIGN_CHUNK], dtype=np.float32), centre)
         sims = chunk @ centroids.T
         assignments[start : start + len(chunk)] = sims.argmax(axis=1)
         similarity[start : start + len(chunk)] = sims.max(axis=1)
@@ -120,16 +130,27 @@ class ClusterHead(nn.Module):
 
     x is (B, 3, R, R) float in [0, 1]. The softmax of the logits over the K clusters is the cluster
     activation that masking and the flip test read.
+
+    `centre` (D,), when given, is the data's mean embedding: each embedding is normalised, has it
+    subtracted and is normalised again before the cosine (the centroids must come from the same
+    centred space, `spherical_kmeans(..., centre=...)`). An encoder whose embeddings share a large
+    common direction (a random or briefly trained network: any two images at cosine ~0.99) gives
+    every image nearly the same cosine to every centroid; the softmax at temperature τ is then
+    almost uniform, and no masking can move an activation. Around the mean, cosines span [-1, 1]
+    whatever the encoder, so τ and the activation-drop floor mean the same for every encoder.
     """
 
-    def __init__(self, encoder: nn.Module, centroids: np.ndarray, temperature: float = 0.1) -> None:
+    def __init__(self, encoder: nn.Module, centroids: np.ndarray, temperature: float = 0.1, centre: np.ndarray | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.register_buffer("centroids", torch.as_tensor(_unit_rows(np.asarray(centroids, np.float32))))
+        d = self.centroids.shape[1]
+        self.register_buffer("centre", torch.as_tensor(np.zeros(d, np.float32) if centre is None else np.asarray(centre, np.float32).reshape(d)))
         self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = nn.functional.normalize(self.encoder(x).float(), dim=1)
+        z = nn.functional.normalize(z - self.centre, dim=1)
         return z @ self.centroids.T / self.temperature
 
     @torch.no_grad()
@@ -142,6 +163,11 @@ class ClusterHead(nn.Module):
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """(B,) int64 nearest cluster of each image."""
         return self.forward(x).argmax(dim=1)
+
+
+def _centred(a: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
+    rows = _unit_rows(a)
+    return rows if centre is None else _unit_rows(rows - np.asarray(centre, np.float32)[None, :])
 
 
 def _unit_rows(a: np.ndarray) -> np.ndarray:

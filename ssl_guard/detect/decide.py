@@ -3,8 +3,10 @@
 The classifier's probabilities are not calibrated by themselves (its positives are synthetic). The
 threshold is therefore set on held-out images the classifier never trained on: the same images
 without a trigger (negatives) and with a bank window pasted in (positives). It is the
-(1 - target_fpr) quantile of the negatives, never below 0.5, and its recall on the positives is
-reported. The prevalence guard then refuses to quarantine a large share of the data: a "trigger"
+(1 - target_fpr) quantile of the negatives, never below 0.5, and never below the scan-wide null
+threshold: the probability a clean image of this scan's size exceeds by chance with probability
+`alpha`, from a robust fit of the negatives' logits (`null_threshold`). Its recall on the
+positives is reported. The prevalence guard then refuses to quarantine a large share of the data: a "trigger"
 found in, say, a fifth of the images is a property of the data (a watermark, a frame, a logo),
 not a rare poison.
 """
@@ -12,10 +14,12 @@ not a rare poison.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
 DEFAULT_TARGET_FPR = 0.01
+DEFAULT_ALPHA = 0.01  # chance of one false flag by the classifier in the whole scan
 
 
 def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
@@ -43,14 +47,37 @@ class Calibration:
     negatives: int
 
 
-def calibrate_threshold(positives: np.ndarray, negatives: np.ndarray, target_fpr: float = DEFAULT_TARGET_FPR) -> Calibration:
-    """Threshold on held-out probabilities: the (1 - target_fpr) quantile of the negatives, at least 0.5."""
+def null_threshold(negatives: np.ndarray, scan_size: int, alpha: float = DEFAULT_ALPHA) -> float:
+    """The probability above which an image of a scan of `scan_size` is flagged by chance with
+    probability about `alpha` in the whole scan, from the held-out negatives' null.
+
+    The negatives' logits are fitted by their median and MAD (robust to a few poisons among them);
+    the threshold sits z = Φ⁻¹(1 − α/N) robust deviations above the median (Bonferroni over the
+    scan, as `mine` sets its host threshold). A quantile of a few hundred negatives cannot say
+    where one in ten thousand lies; a fixed false-positive rate (1% of 10,000 clean images is 100
+    false flags) caps the precision at low poison rates.
+    """
+    neg = np.clip(np.asarray(negatives, np.float64), 1e-6, 1 - 1e-6)
+    if len(neg) < 2:
+        return 0.5
+    logits = np.log(neg) - np.log1p(-neg)
+    median = float(np.median(logits))
+    spread = max(float(np.median(np.abs(logits - median))) * 1.4826, 1e-3)
+    z = NormalDist().inv_cdf(1 - alpha / max(int(scan_size), 1))
+    return float(1.0 / (1.0 + np.exp(-(median + z * spread))))
+
+
+def calibrate_threshold(positives: np.ndarray, negatives: np.ndarray, target_fpr: float = DEFAULT_TARGET_FPR, scan_size: int | None = None, alpha: float = DEFAULT_ALPHA) -> Calibration:
+    """Threshold on held-out probabilities: the (1 - target_fpr) quantile of the negatives, at
+    least 0.5; with `scan_size`, also at least `null_threshold(negatives, scan_size, alpha)`."""
     pos = np.asarray(positives, np.float64)
     neg = np.asarray(negatives, np.float64)
     if len(neg):
         threshold = max(0.5, float(np.quantile(neg, 1 - target_fpr, method="higher")))
         # a probability equal to the quantile would still be flagged; step just above it
         threshold = float(np.nextafter(threshold, np.inf)) if threshold > 0.5 else threshold
+        if scan_size is not None:
+            threshold = max(threshold, null_threshold(neg, scan_size, alpha))
     else:
         threshold = 0.5
     recall = float((pos >= threshold).mean()) if len(pos) else float("nan")

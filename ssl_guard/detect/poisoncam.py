@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ssl_guard.detect import classifier as clf
-from ssl_guard.detect.cluster import ClusterHead, default_clusters, reference_rows, spherical_kmeans
+from ssl_guard.detect.cluster import ClusterHead, default_clusters, mean_embedding, reference_rows, spherical_kmeans
 from ssl_guard.detect.decide import calibrate_threshold, decide
 from ssl_guard.detect.flip import flip_test
 from ssl_guard.detect.gradcam import DEFAULT_STAGE, gradcam_windows, stage_module
@@ -70,7 +70,8 @@ class ClusterMaskingConfig(BaseModel):
     classifier_width: int = Field(16, ge=4)
     drop_floor: float = Field(0.1, ge=0, le=1, description="least activation drop when the window is occluded")
     control_ratio: float = Field(0.5, ge=0, le=1, description="a verified window flips at least 1/ratio times its control window")
-    target_fpr: float = Field(0.01, gt=0, lt=1, description="held-out false-positive rate the threshold is set to")
+    target_fpr: float = Field(0.01, gt=0, lt=1, description="held-out false-positive rate the threshold is set to, at most")
+    alpha: float = Field(0.01, gt=0, lt=1, description="chance of one false flag by the classifier in the whole scan (the threshold is also at least the negatives' Bonferroni null)")
     min_classifier_recall: float = Field(0.5, ge=0, le=1, description="held-out recall the classifier needs before its flags are used")
     min_classifier_auroc: float = Field(0.9, ge=0, le=1, description="held-out AUROC the classifier needs before its flags are used")
     fail_rate_guard: float = Field(0.2, gt=0, le=1, description="largest share of the data that may be flagged")
@@ -217,7 +218,9 @@ class _Run:
         cfg = self.cfg
         t0 = time.perf_counter()
         task = self._task("cluster", 1)
-        clustering = spherical_kmeans(embeddings, cfg.clusters, cfg.kmeans_iters, cfg.seed)
+        # clustered and read around the data's mean embedding (ClusterHead explains why)
+        centre = mean_embedding(embeddings)
+        clustering = spherical_kmeans(embeddings, cfg.clusters, cfg.kmeans_iters, cfg.seed, centre=centre)
         self._advance(task)
         self.seconds["cluster"] = time.perf_counter() - t0
         sizes = clustering.sizes()
@@ -239,7 +242,8 @@ class _Run:
             )
             return self._finish(np.zeros(self.n, np.float32), np.zeros(self.n, bool), np.full((self.n, 4), -1, np.int32), float("inf"), [], {})
 
-        self.head = ClusterHead(encoder, clustering.centroids, cfg.temperature).to(self.device).eval()
+        self.head = ClusterHead(encoder, clustering.centroids, cfg.temperature, centre=centre).to(self.device).eval()
+        self.details["mean_embedding_norm"] = float(np.linalg.norm(centre))
         if self.method == "poisoncam":
             self.boxes = window_boxes(self.resolution, cfg.windows, cfg.stride)
             self.details["windows_per_image"] = int(len(self.boxes))
@@ -488,7 +492,7 @@ class _Run:
         positives = clf.paste_bank(held_x, variants, torch.ones(len(held_x), dtype=torch.bool, device=self.device), self.generator)
         neg = clf.predict(nets, held_x, self.resolution).cpu().numpy()
         pos = clf.predict(nets, positives, self.resolution).cpu().numpy()
-        calibration = calibrate_threshold(pos, neg, cfg.target_fpr)
+        calibration = calibrate_threshold(pos, neg, cfg.target_fpr, scan_size=self.n, alpha=cfg.alpha)
         self.seconds["decide"] += time.perf_counter() - t2
         return probs, calibration
 

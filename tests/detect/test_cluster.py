@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl_guard.detect.cluster import ClusterHead, default_clusters, reference_rows, spherical_kmeans
+from ssl_guard.detect.cluster import ClusterHead, default_clusters, mean_embedding, reference_rows, spherical_kmeans
 
 
 def _blobs(per: int = 30, k: int = 4, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,3 +60,28 @@ def test_head_assignment_matches_kmeans():
     assert (head.assign(z).numpy() == cl.assignments).all()
     act = head.activation(z, torch.from_numpy(cl.assignments))
     assert act.shape == (len(x),) and (act > 0.5).all()
+
+
+def test_centred_head_gives_a_common_direction_encoder_a_usable_activation():
+    """Embeddings that share one large direction (cosine ~0.99 between any two rows, as a random
+    or briefly trained encoder gives) leave the plain head's softmax nearly uniform; around the
+    data's mean the same clusters are read with confident activations, and assignments agree."""
+    x, labels = _blobs()
+    common = np.zeros(x.shape[1], np.float32)
+    common[-1] = 1.0  # a direction none of the blobs uses
+    squeezed = 0.08 * x.astype(np.float32) + common  # every row near the common direction
+    squeezed /= np.linalg.norm(squeezed, axis=1, keepdims=True)
+    plain = spherical_kmeans(squeezed, 4)
+    plain_head = ClusterHead(nn.Identity(), plain.centroids, temperature=0.1)
+    z = torch.from_numpy(squeezed)
+    plain_act = plain_head.activation(z, torch.from_numpy(plain.assignments))
+    centre = mean_embedding(squeezed)
+    centred = spherical_kmeans(squeezed, 4, centre=centre)
+    head = ClusterHead(nn.Identity(), centred.centroids, temperature=0.1, centre=centre)
+    act = head.activation(z, torch.from_numpy(centred.assignments))
+    assert float(plain_act.max()) < 0.5  # near 1/4 for every row
+    assert (act > 0.5).all()
+    assert (head.assign(z).numpy() == centred.assignments).all()
+    # the centred clusters recover the blobs (one cluster per blob)
+    for blob in np.unique(labels):
+        assert len(np.unique(centred.assignments[labels == blob])) == 1

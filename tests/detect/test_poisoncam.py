@@ -129,3 +129,35 @@ def test_config_rejects_bad_values():
         ClusterMaskingConfig(windows=[0.0])
     with pytest.raises(ValueError):
         ClusterMaskingConfig(prune_fraction=1.5)
+
+
+def test_bank_keeps_the_verified_windows_that_copy_each_other():
+    """Three verified windows cut around copies of one pattern in unrelated images, and three
+    around unrelated content (as clean members of a poison cluster can pass the flip test): the
+    copies are kept, the rest dropped; with no copies at all, every window is kept."""
+    import torch
+
+    from ssl_guard.detect.poisoncam import _Run
+    from ssl_guard.detect.search import Candidate
+
+    rng = np.random.default_rng(0)
+    n, side = 400, 48
+    small = rng.integers(0, 256, (n, 3, 6, 6), dtype=np.uint8)
+    images = torch.nn.functional.interpolate(torch.from_numpy(small).float(), size=(side, side), mode="bilinear", align_corners=False)
+    images = images.round().clamp(0, 255).byte().numpy()  # smooth unrelated photos
+    pattern = rng.integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    spots = {10: (5, 7), 20: (30, 12), 30: (18, 33)}
+    for row, (y, x) in spots.items():
+        images[row, :, y : y + 8, x : x + 8] = pattern
+    cfg = ClusterMaskingConfig(**FAST).resolved(n, side)
+    run = _Run(images, cfg, "poisoncam", torch.device("cpu"), None)
+
+    def window(row, box, flip):
+        return Candidate(row, 0, 0, box, flip, 0.5, None)
+
+    copies = [window(row, (x - 2, y - 2, x + 10, y + 10), 0.9) for row, (y, x) in spots.items()]
+    others = [window(row, (10, 10, 22, 22), 0.95) for row in (40, 50, 60)]
+    kept = run.consistent(sorted(others + copies, key=lambda c: -c.score))
+    assert sorted(c.row for c in kept) == [10, 20, 30]
+    assert run.details["bank_consistency"]["largest_copy_group"] == 3
+    assert len(run.consistent(others)) == 3  # nothing copies anything: all kept

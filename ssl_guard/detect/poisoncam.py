@@ -136,11 +136,10 @@ def detect_clusters(
         return run.detect(embeddings, encoder)
 
 
-def _largest_component(linked: np.ndarray) -> list[int]:
-    """Indices of the largest connected component of the symmetric boolean adjacency `linked`
-    (the first such component in index order on ties)."""
+def _components(linked: np.ndarray) -> list[list[int]]:
+    """Connected components (index lists) of the symmetric boolean adjacency `linked`."""
     seen = np.zeros(len(linked), bool)
-    best: list[int] = []
+    found: list[list[int]] = []
     for start in range(len(linked)):
         if seen[start]:
             continue
@@ -152,9 +151,8 @@ def _largest_component(linked: np.ndarray) -> list[int]:
             for other in np.flatnonzero(linked[node] & ~seen):
                 seen[other] = True
                 stack.append(int(other))
-        if len(component) > len(best):
-            best = component
-    return best
+        found.append(sorted(component))
+    return found
 
 
 def _check_inputs(images: np.ndarray, embeddings: np.ndarray, encoder: torch.nn.Module) -> int:
@@ -438,10 +436,14 @@ class _Run:
         residual, best position) in a random probe of the scan and in the other verified
         windows' images; a window is a copy of the template when its residual lies below the
         probe's own null threshold (Bonferroni over the scan at `alpha`, `mine.scoring`). Windows
-        linked by a copy either way form groups; the largest group is kept. When no window is a
-        copy of any other (jittered or resized copies), every verified window is kept, as before. Measured on
-        the backdoored reference encoder (docs/poisoncam.md): 9 of 14 verified windows were clean
-        images of the poison cluster, and a classifier trained on them flagged 264 clean images.
+        linked by a copy either way form groups, and every group of two or more is kept (several
+        triggers give several groups). When no window is a copy of another (the loose masking
+        boxes take in host background; jittered copies), only the window with the highest flip
+        rate is kept: clean windows passed the flip test more often than trigger windows did. Measured on
+        the backdoored reference encoder (docs/poisoncam.md): at 1% poisons 9 of 14 verified
+        windows were clean images of the poison cluster, and a classifier trained on them flagged
+        264 clean images; at 0.5%, 11 of 13 were clean and the two trigger windows, first by flip
+        rate, did not match each other.
         """
         if len(verified) < 3:
             return verified
@@ -462,9 +464,10 @@ class _Run:
         linked = np.array(copies)
         linked = linked | linked.T
         np.fill_diagonal(linked, False)
-        group = _largest_component(linked)  # ties: the one holding the higher flip rate
-        kept = verified if len(group) < 2 else [verified[i] for i in sorted(group)]
-        self.details["bank_consistency"] = {"verified": len(verified), "largest_copy_group": int(len(group)), "kept": len(kept), "seconds": time.perf_counter() - t0}
+        groups = [g for g in _components(linked) if len(g) >= 2]
+        members = sorted(i for g in groups for i in g)
+        kept = [verified[i] for i in members] if members else verified[:1]
+        self.details["bank_consistency"] = {"verified": len(verified), "copy_groups": [len(g) for g in groups], "kept": len(kept), "seconds": time.perf_counter() - t0}
         self.seconds["decide"] += time.perf_counter() - t0
         return kept
 

@@ -134,7 +134,7 @@ def test_config_rejects_bad_values():
 def test_bank_keeps_the_verified_windows_that_copy_each_other():
     """Three verified windows cut around copies of one pattern in unrelated images, and three
     around unrelated content (as clean members of a poison cluster can pass the flip test): the
-    copies are kept, the rest dropped; with no copies at all, every window is kept."""
+    copies are kept, the rest dropped; with no copies at all, the strongest window alone."""
     import torch
 
     from ssl_guard.detect.poisoncam import _Run
@@ -159,5 +159,7 @@ def test_bank_keeps_the_verified_windows_that_copy_each_other():
     others = [window(row, (10, 10, 22, 22), 0.95) for row in (40, 50, 60)]
     kept = run.consistent(sorted(others + copies, key=lambda c: -c.score))
     assert sorted(c.row for c in kept) == [10, 20, 30]
-    assert run.details["bank_consistency"]["largest_copy_group"] == 3
-    assert len(run.consistent(others)) == 3  # nothing copies anything: all kept
+    assert run.details["bank_consistency"]["copy_groups"] == [3]
+    # nothing copies anything: only the window with the highest flip rate is kept
+    others[1] = window(50, (10, 10, 22, 22), 0.99)
+    assert [c.row for c in run.consistent(sorted(others, key=lambda c: -c.score))] == [50]

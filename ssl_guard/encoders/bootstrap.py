@@ -19,6 +19,8 @@ encoder at once when the run had finished).
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import math
 import os
@@ -422,6 +424,16 @@ class _Counters:
     skipped_count: int = 0  # unreadable samples in the data, as the last full decode found them
 
 
+def mixed_precision(device: torch.device):
+    """The forward pass's precision context: bf16 autocast on CUDA (about twice the throughput of
+    float32 on recent GPUs, with float32's exponent range, so no loss scaling is needed); on any
+    other device a no-op, so the CPU path computes in float32 as before. The loss is computed in
+    float32 either way."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _train(run: _Run, counters: _Counters, progress: bool) -> None:
     """The epoch loop: train, checkpoint after every epoch, honour the time budget."""
     config, encoder, head, optimizer = run.config, run.encoder, run.head, run.optimizer
@@ -448,8 +460,9 @@ def _train(run: _Run, counters: _Counters, progress: bool) -> None:
                 pixels = torch.from_numpy(batch).to(run.device, non_blocking=True)
                 views = torch.cat([simclr_view(pixels, resolution, generator, config.jitter_strength, crop_scale) for _ in range(2)])
                 views = views.contiguous(memory_format=torch.channels_last)
-                projections = head(encoder.pooled(views))
-                loss = nt_xent(*projections.chunk(2), temperature=config.temperature)
+                with mixed_precision(run.device):
+                    projections = head(encoder.pooled(views))
+                loss = nt_xent(*projections.float().chunk(2), temperature=config.temperature)
                 if not torch.isfinite(loss):
                     raise ConfigError(f"the loss diverged (it is {loss.item()}) at step {counters.step}", "lower --lr or raise --temperature")
                 for group in optimizer.param_groups:

@@ -183,3 +183,21 @@ def test_cli_bad_options_exit_2_with_one_line(flags, message, image_folder, tmp_
 def test_cli_missing_data_exits_2(tmp_path, capsys):
     assert main(["bootstrap", str(tmp_path / "nothing"), "--out", str(tmp_path / "enc"), *TINY_FLAGS]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_mixed_precision_is_bf16_autocast_on_cuda_and_a_no_op_on_the_cpu():
+    import contextlib
+
+    import torch
+
+    from ssl_guard.encoders.bootstrap import mixed_precision
+
+    assert isinstance(mixed_precision(torch.device("cpu")), contextlib.nullcontext)
+    with mixed_precision(torch.device("cpu")):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+    import warnings
+
+    with warnings.catch_warnings():  # without a GPU torch warns that it would disable autocast
+        warnings.simplefilter("ignore")
+        cuda = mixed_precision(torch.device("cuda"))  # built, not entered: this machine may have no GPU
+    assert isinstance(cuda, torch.autocast) and cuda.fast_dtype == torch.bfloat16 and cuda.device == "cuda"

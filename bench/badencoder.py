@@ -346,21 +346,19 @@ def main(argv: list[str] | None = None) -> int:
     recipe = {"command": command, "init": args.init, "batch_norm_calibrated": args.calibrate_bn, "train_minutes": round(train_minutes, 2), "backdoors": []}
     for b in backdoors:
         triggered = triggered_copy(args.data, b, args.out)
-        measure_clean = None
         result = measure(args.out / "encoder", args.data, b, triggered)
-        if True:  # the clean starting point, measured the same way
-            base = args.out / "init-encoder"
-            if not base.exists():
-                save_encoder(clean, base)
-            measure_clean = measure(base, args.data, b, triggered)
+        base = args.out / "init-encoder"  # the clean starting point, measured the same way
+        if not base.exists():
+            save_encoder(clean, base)
+        measure_clean = measure(base, args.data, b, triggered)
         log({"stage": "measured", "backdoor": b.name, "backdoored": result, "clean_encoder": measure_clean})
         recipe["backdoors"].append({
             "trigger": f"{b.name}.png", "trigger_width": b.width, "alpha": b.alpha, "target_class": b.target,
             "attack_success": round(result["attack_success_rate"], 4),
             "clean_to_target": round(result["clean_to_target_rate"], 4),
             "clean_accuracy": round(result["clean_accuracy"], 4),
-            "clean_encoder_attack_success": None if measure_clean is None else round(measure_clean["attack_success_rate"], 4),
-            "clean_encoder_accuracy": None if measure_clean is None else round(measure_clean["clean_accuracy"], 4),
+            "clean_encoder_attack_success": round(measure_clean["attack_success_rate"], 4),
+            "clean_encoder_accuracy": round(measure_clean["clean_accuracy"], 4),
             "flip_rate_triggered": round(result["flip_rate_triggered"], 4), "flip_rate_clean": round(result["flip_rate_clean"], 4),
         })
     (args.out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")

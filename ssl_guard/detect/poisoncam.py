@@ -136,25 +136,6 @@ def detect_clusters(
         return run.detect(embeddings, encoder)
 
 
-def _components(linked: np.ndarray) -> list[list[int]]:
-    """Connected components (index lists) of the symmetric boolean adjacency `linked`."""
-    seen = np.zeros(len(linked), bool)
-    found: list[list[int]] = []
-    for start in range(len(linked)):
-        if seen[start]:
-            continue
-        component, stack = [], [start]
-        seen[start] = True
-        while stack:
-            node = stack.pop()
-            component.append(node)
-            for other in np.flatnonzero(linked[node] & ~seen):
-                seen[other] = True
-                stack.append(int(other))
-        found.append(sorted(component))
-    return found
-
-
 def _check_inputs(images: np.ndarray, embeddings: np.ndarray, encoder: torch.nn.Module) -> int:
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
         raise ConfigError(f"images must be (N, 3, R, R), got {tuple(images.shape)}", "embed the dataset again with this version")
@@ -428,7 +409,7 @@ class _Run:
         return _Verified(max(self.cfg.flip_floor, median + self.cfg.flip_outlier * mad), median, mad)
 
     def consistent(self, verified: list[Candidate]) -> list[Candidate]:
-        """The verified windows that are copies of one pattern, or all of them if none are.
+        """The verified windows that are copies of each other, or the strongest one if none are.
 
         A trigger's windows, cut from unrelated poisons, show the same pixels; a clean window that
         passed the flip test (an image of the poison's cluster whose content pulls references in)
@@ -447,6 +428,8 @@ class _Run:
         """
         if len(verified) < 3:
             return verified
+        from scipy.sparse.csgraph import connected_components
+
         from ssl_guard.detect.mine.scoring import null_threshold as residual_null
         from ssl_guard.detect.mine.scoring import residuals
 
@@ -455,17 +438,15 @@ class _Run:
         sample = np.sort(self.rng.choice(self.n, size=min(self.n, 3000), replace=False))
         probe = np.concatenate([np.setdiff1d(sample, rows), rows])
         sampled = len(probe) - len(rows)
-        templates = [self._cut(c) for c in verified]
-        copies = []
-        for template in templates:
-            residual, _ = residuals(self.images, probe, [template], self.cfg.max_batch, self.device)
-            null = residual_null(residual[:sampled, 0], self.cfg.alpha, total=self.n)
-            copies.append(residual[sampled:, 0] < null["threshold"])
-        linked = np.array(copies)
+        # every template matched in one pass over the probe (each image read once)
+        residual, _ = residuals(self.images, probe, [self._cut(c) for c in verified], self.cfg.max_batch, self.device)
+        linked = np.array([residual[sampled:, t] < residual_null(residual[:sampled, t], self.cfg.alpha, total=self.n)["threshold"] for t in range(len(verified))])
         linked = linked | linked.T
         np.fill_diagonal(linked, False)
-        groups = [g for g in _components(linked) if len(g) >= 2]
-        members = sorted(i for g in groups for i in g)
+        _, label = connected_components(linked, directed=False)
+        sizes = np.bincount(label)
+        groups = [np.flatnonzero(label == g) for g in np.flatnonzero(sizes >= 2)]
+        members = sorted(int(i) for g in groups for i in g)
         kept = [verified[i] for i in members] if members else verified[:1]
         self.details["bank_consistency"] = {"verified": len(verified), "copy_groups": [len(g) for g in groups], "kept": len(kept), "seconds": time.perf_counter() - t0}
         self.seconds["decide"] += time.perf_counter() - t0

@@ -150,3 +150,45 @@ def test_blur_equals_a_replicate_padded_gaussian_convolution(size, sigma):
     tall = rows[..., [0] * radius + list(range(size)) + [size - 1] * radius, :]
     expected = F.conv2d(tall, kernel.transpose(2, 3), groups=3)
     assert torch.allclose(_blur(x, sigma), expected, atol=1e-5)
+
+
+def test_photos_sharing_a_white_surround_are_reported_not_quarantined(scenes):
+    # product shots on white: 10% of the photos, of every class, show their content in a centred
+    # window inside a clipped white surround. They share a "signal" (the surround and its edge at
+    # the same place), which is a layout, not an overlay (docs/additive.md, "Photos that share a layout")
+    images, classes = scenes
+    rng = np.random.default_rng(6)
+    rows = rng.choice(len(images), 48, replace=False)
+    out = images.copy()
+    surround = np.ones((R, R), bool)
+    surround[14:50, 10:54] = False
+    for i in rows:
+        out[i][surround] = 255
+    d = _run(out, classes)
+    assert not d.flagged.any()
+    layouts = [p for p in d.bank if p.evidence.get("layout")]
+    assert layouts, "the shared surround should be found as a pattern and refused as a layout"
+    assert all(np.isin(np.nonzero(d.scores >= 1.0)[0], rows).mean() > 0.9 for _ in layouts)  # the refused pattern is the surround's photos
+    assert any("layout" in w for w in d.warnings)
+
+
+def test_saturation_excess_separates_a_clipped_surround_from_a_blend(scenes):
+    from ssl_guard.detect.additive.detector import saturation_excess
+
+    images, classes = scenes
+    chw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    rng = np.random.default_rng(0)
+    hosts, reference = np.arange(40), np.arange(40, 480)
+    surround = chw.copy()
+    surround[hosts, :, :10, :] = 255  # a shared clipped band at the top
+    assert saturation_excess(surround, hosts, reference, rng)["layout"] == 1.0
+    trigger = make_global_trigger("stripes", 2, alpha=0.15)
+    blended = chw.copy()
+    for i in hosts:
+        blended[i] = trigger.apply(images[i]).transpose(2, 0, 1)
+    # even hosts that were clipped before the blend are pulled off the clip by it
+    blended_clipped = surround.copy()
+    for i in hosts:
+        blended_clipped[i] = trigger.apply(surround[i].transpose(1, 2, 0)).transpose(2, 0, 1)
+    assert saturation_excess(blended, hosts, reference, rng)["layout"] == 0.0
+    assert saturation_excess(blended_clipped, hosts, reference, rng)["saturated_share"] < saturation_excess(surround, hosts, reference, rng)["saturated_share"]

@@ -192,3 +192,14 @@ def test_saturation_excess_separates_a_clipped_surround_from_a_blend(scenes):
         blended_clipped[i] = trigger.apply(surround[i].transpose(1, 2, 0)).transpose(2, 0, 1)
     assert saturation_excess(blended, hosts, reference, rng)["layout"] == 0.0
     assert saturation_excess(blended_clipped, hosts, reference, rng)["saturated_share"] < saturation_excess(surround, hosts, reference, rng)["saturated_share"]
+
+
+def test_flat_clipped_counts_runs_not_scattered_pixels():
+    from ssl_guard.detect.additive.detector import flat_clipped
+
+    batch = np.full((2, 3, 16, 16), 128, np.uint8)
+    batch[0, :, 2:10, 2:10] = 255  # a clipped block: its interior (6 x 6) is a run
+    batch[1, :, ::2, ::2] = 255  # clipped pixels with unclipped neighbours (an overlay's ± pattern)
+    out = flat_clipped(batch)
+    assert out[0].sum() == 3 * 36 and out[0, :, 3:9, 3:9].all()
+    assert not out[1].any()

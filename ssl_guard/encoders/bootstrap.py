@@ -20,7 +20,6 @@ encoder at once when the run had finished).
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import math
 import os

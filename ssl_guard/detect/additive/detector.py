@@ -134,10 +134,29 @@ def _pooled_score(batch: np.ndarray, mean: np.ndarray, all_views: list, weights:
     return total
 
 
-def _delta_image(images: np.ndarray, hosts: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
-    """The estimated trigger in pixels: mean host image minus mean reference image, amplified to
-    fill 0-255 around mid-grey; returns (3, R, R) uint8 and the amplification used."""
-    delta = images[np.sort(hosts)].astype(np.float64).mean(0) - images[np.sort(reference)].astype(np.float64).mean(0)
+def _batches(images: np.ndarray, rows: np.ndarray, size: int = 512):
+    """`images[rows]` (rows sorted) in batches of `size`, so a large host set is never held at once."""
+    rows = np.sort(rows)
+    for at in range(0, len(rows), size):
+        yield images[rows[at : at + size]]
+
+
+def mean_difference(images: np.ndarray, hosts: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The estimated trigger in pixels: mean host image minus mean reference image, (3, R, R)
+    float64, both means read in batches (an empty set's mean is taken as 0)."""
+
+    def mean_of(rows: np.ndarray) -> np.ndarray:
+        total = np.zeros(images.shape[1:], np.float64)
+        for batch in _batches(images, rows):
+            total += batch.astype(np.float64).sum(0)
+        return total / max(len(rows), 1)
+
+    return mean_of(hosts) - mean_of(reference)
+
+
+def _delta_image(delta: np.ndarray) -> tuple[np.ndarray, float]:
+    """`delta` (`mean_difference`) amplified to fill 0-255 around mid-grey; returns (3, R, R)
+    uint8 and the amplification used."""
     peak = float(np.abs(delta).max()) or 1.0
     gain = 127.0 / peak
     return np.clip(128 + gain * delta, 0, 255).round().astype(np.uint8), gain
@@ -158,7 +177,7 @@ def flat_clipped(batch: np.ndarray) -> np.ndarray:
     return out.numpy()
 
 
-def saturation_excess(images: np.ndarray, hosts: np.ndarray, reference: np.ndarray, rng: np.random.Generator, draws: int = 200) -> dict[str, float]:
+def saturation_excess(images: np.ndarray, hosts: np.ndarray, reference: np.ndarray, rng: np.random.Generator, draws: int = 200, delta: np.ndarray | None = None) -> dict[str, float]:
     """Whether a pattern's hosts are saturated where the pattern lives, against their own clusters.
 
     An overlay does not create flat clipped areas: a blend (1 − α)·x + α·p pulls a clipped 0 or 255
@@ -171,24 +190,16 @@ def saturation_excess(images: np.ndarray, hosts: np.ndarray, reference: np.ndarr
     of as many reference images (same-cluster non-hosts): a null measured on the scan. Measured
     (bench/RESULTS.md, "Photos that share a layout"): the two false patterns on clean Imagenette
     train 0.562 and 0.346 against null lines 0.173 and 0.116; the dev global zoo's true patterns
-    0.000-0.022 against 0.060-0.135.
+    0.000-0.022 against 0.060-0.135. `delta`: the `mean_difference` of these rows, when the
+    caller has it already.
     """
-    hosts, reference = np.sort(hosts), np.sort(reference)
     if len(hosts) == 0 or len(reference) < len(hosts):
         return {"saturated_share": float("nan"), "saturated_null": float("nan"), "layout": 0.0}
-
-    def rows_of(rows: np.ndarray):
-        for at in range(0, len(rows), 512):
-            yield images[rows[at : at + 512]]
-
-    def mean_image(rows: np.ndarray) -> np.ndarray:
-        return sum(batch.astype(np.float64).sum(0) for batch in rows_of(rows)) / len(rows)
-
-    weight = (mean_image(hosts) - mean_image(reference)) ** 2
+    weight = (mean_difference(images, hosts, reference) if delta is None else delta) ** 2
     weight /= float(weight.sum()) or 1.0
 
     def shares(rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([(flat_clipped(batch) * weight).sum((1, 2, 3)) for batch in rows_of(rows)])
+        return np.concatenate([(flat_clipped(batch) * weight).sum((1, 2, 3)) for batch in _batches(images, rows)])
 
     host_share, reference_share = shares(hosts), shares(reference)
     null = float(np.quantile([rng.choice(reference_share, len(hosts), replace=False).mean() for _ in range(draws)], 0.99))
@@ -363,9 +374,10 @@ def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, conf
             reference = rng.choice(same, min(len(same), 2000), replace=False) if len(same) >= len(host_rows) else base_reference
         else:
             reference = base_reference
-        pixels, gain = _delta_image(images, host_rows, reference)
+        delta = mean_difference(images, host_rows, reference)
+        pixels, gain = _delta_image(delta)
         evidence = {"view": float(v), "threshold_z": threshold, "hosts": float(len(host_rows)), "fdr": config.fdr, "mirrored_above_threshold": float(mirrored), "amplification": gain}
-        evidence.update(saturation_excess(images, host_rows, reference, np.random.default_rng([config.seed, p])))
+        evidence.update(saturation_excess(images, host_rows, reference, np.random.default_rng([config.seed, p]), delta=delta))
         histograms.append(_histogram(z[:, p], threshold))
         pixels = evidence_panel(pixels, histograms[-1])
         if semantic is not None and len(host_rows):

@@ -18,6 +18,7 @@ from ssl_guard.detect.mine.scoring import (
     default_min_hosts,
     drop_thin_patterns,
     host_concentration,
+    host_threshold,
     match_maps,
     null_threshold,
     pattern_verdict,
@@ -215,6 +216,10 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     templates = [p.template for p, _ in accepted]
     smoothed = [bool(e.get("smoothed", 0.0)) for _, e in accepted]
     residual, corner = residuals(images, np.arange(n), templates, config.batch_size, device, stage("mine: score", n), smoothed=smoothed)
+    # the Bonferroni line of verification, widened to the Bayes line between the hosts and the
+    # null now that every image is scored (`scoring.host_threshold`)
+    for t, (_, row) in enumerate(accepted):
+        row.update(host_threshold(residual[:, t], row["threshold"]))
     thresholds = np.array([e["threshold"] for _, e in accepted], np.float32)
     relative = np.clip(1.0 - residual / (2 * thresholds[None, :]), 0.0, 1.0)
     which = relative.argmax(axis=1)

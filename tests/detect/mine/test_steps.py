@@ -12,6 +12,7 @@ from ssl_guard.detect.mine.extraction import block_around
 from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.scoring import (
     box_sums,
+    host_threshold,
     match_residual,
     null_threshold,
     pattern_verdict,
@@ -107,6 +108,26 @@ def test_null_threshold_separates_pasted_copies_and_sees_a_continuum():
     continuum = np.concatenate([np.exp(rng.normal(-1.0, 0.3, 300)), bulk])  # look-alikes all the way down
     assert null_threshold(continuum, 0.01)["lookalike_ratio"] > 0.5
     assert null_threshold(bulk, 0.01)["hosts"] <= 2
+
+
+def test_host_threshold_takes_in_copies_just_above_the_line_and_no_clean_image():
+    rng = np.random.default_rng(1)
+    bulk = np.exp(rng.normal(0.5, 0.3, 4000))  # unrelated images, log-normal around 1.65
+    copies = np.exp(rng.normal(-1.5, 0.35, 40))  # one pasted pattern's copies, some coded worse
+    residual = np.concatenate([copies, bulk])
+    bonferroni = null_threshold(residual, 0.01)["threshold"]
+    missed = int((copies >= bonferroni).sum())
+    assert missed >= 1  # the strict line leaves some copies out
+    widened = host_threshold(residual, bonferroni)
+    assert widened["bonferroni_threshold"] == bonferroni and widened["threshold"] > bonferroni
+    assert (copies < widened["threshold"]).sum() > 40 - missed
+    assert (bulk < widened["threshold"]).sum() <= 1
+    # never to a flat patch's residual (1) or beyond, even when the hosts reach it
+    near_flat = np.concatenate([np.exp(rng.normal(-1.0, 0.5, 60)), np.exp(rng.normal(1.5, 0.2, 4000))])
+    capped = host_threshold(near_flat, 0.5)
+    assert 0.5 < capped["threshold"] < 1.0
+    # no hosts to fit: the line stays where it was
+    assert host_threshold(bulk, 0.2)["threshold"] == 0.2
 
 
 def test_residuals_find_a_copy_at_any_sub_pixel_phase():

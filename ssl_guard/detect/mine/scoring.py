@@ -157,7 +157,7 @@ def host_threshold(residual: np.ndarray, threshold: float, flat: float = 1.0, gr
 
     The Bonferroni line of `null_threshold` keeps false hosts near zero, but copies that a resize
     or JPEG coded a little worse sit just above it while every clean image is far away (test
-    split `identical-1pct/12`: 3 of 39 copies at residual 0.69-0.82, the line at 0.57, the nearest
+    split `identical-1pct/12`: 3 of 39 copies at residual 0.59-0.69, the line at 0.57, the nearest
     clean photo at 0.91). Once every image of the scan is scored, two groups can be fitted on the
     scan itself: the null (log-median and MAD of the images above the line) and the hosts (the
     log-mean and standard deviation of those below it; truncated at the line, so too narrow, which

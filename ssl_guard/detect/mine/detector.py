@@ -157,11 +157,18 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     accepted: list[tuple[Pattern, dict[str, float]]] = []
     report: list[dict] = []
     covered: set[int] = set()
-    for group in groups[: config.max_candidates]:
-        advance(1)
+    # candidates to test, strongest first; a group that yields a pattern is tested again on the
+    # members that pattern does not explain (`remainder`), since chance edges can join the hosts
+    # of two triggers into one group; those retries are outside the `max_candidates` budget (at
+    # most one per accepted pattern)
+    queue: list[tuple[np.ndarray, bool]] = [(g, False) for g in groups[: config.max_candidates]]
+    while queue:
+        group, remainder = queue.pop(0)
+        if not remainder:
+            advance(1)
         if len(covered.intersection(group.tolist())) > 0.5 * len(group):
             continue  # a part of a pattern already in the bank
-        verdict, evidence_row, pattern = "no seed region", {"group": float(len(group))}, None
+        verdict, evidence_row, pattern = "no seed region", {"group": float(len(group)), "remainder": float(remainder)}, None
         probe = np.concatenate([sample, np.setdiff1d(group, sample)])
         for kind, template in _seeds(images, group, points, a, b, shift, evidence, region):
             if template is None:
@@ -189,7 +196,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             h, w = refined.shape[1:]
             boxes = np.stack([corner[hosts, 1], corner[hosts, 0], corner[hosts, 1] + w, corner[hosts, 0] + h], 1).astype(np.int32)
             pattern = Pattern(refined, probe[hosts], boxes)
-            evidence_row = {"group": float(len(group)), **null, "height": float(h), "width": float(w), "tolerance": tolerance, "host_residual": float(np.median(residual[hosts])) if hosts.any() else float("nan")}
+            evidence_row = {"group": float(len(group)), "remainder": float(remainder), **null, "height": float(h), "width": float(w), "tolerance": tolerance, "host_residual": float(np.median(residual[hosts])) if hosts.any() else float("nan")}
             # hosts in the whole scan: the random sample's share scaled up, or those seen if more
             expected_hosts = max(float(hosts.sum()), float(hosts[: len(sample)].sum()) * n / len(sample))
             evidence_row["expected_hosts"] = expected_hosts
@@ -203,6 +210,9 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
         if verdict == "accepted":
             accepted.append((pattern, evidence_row))
             covered.update(pattern.hosts.tolist())
+            rest = np.setdiff1d(group, np.fromiter(covered, np.int64, len(covered)))
+            if not remainder and len(rest) >= 3:
+                queue.insert(0, (rest, True))
     seconds["verify"] = time.perf_counter() - clock
     details = {"candidates": report, "keypoints": len(points), "pairs": len(a), "mined_images": len(mined), "tolerance": tolerance}
 

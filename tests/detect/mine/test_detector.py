@@ -69,3 +69,30 @@ def test_natural_near_duplicates_are_not_a_trigger():
 def test_empty_dataset_gives_an_empty_detection():
     detection = detect_mine(np.zeros((0, 3, R, R), np.uint8))
     assert len(detection.scores) == 0 and not detection.flagged.any()
+
+
+def test_two_triggers_whose_hosts_are_joined_into_one_group_are_both_found():
+    # 24 images carry trigger A, 24 trigger B, and 6 of them carry both: those bridge the two
+    # sets of copies into one candidate group, which must still yield both patterns
+    from PIL import Image
+
+    from ssl_guard import synthetic
+
+    rng = np.random.default_rng(11)
+    n = 400
+    triggers = [synthetic.trigger_patch(seed=3, size=12), synthetic.trigger_patch(seed=9, size=12)]
+    carriers = [set(range(0, 24)), set(range(18, 42))]
+    images = np.zeros((n, 3, R, R), np.uint8)
+    truth = np.zeros((2, n), bool)
+    for i in range(n):
+        scene = synthetic.scene(rng, i % 4, 96).resize((R, R), Image.BILINEAR)
+        spots = [(int(rng.integers(4, 20)), int(rng.integers(8, 44))), (int(rng.integers(36, 50)), int(rng.integers(8, 44)))]
+        for t in range(2):
+            if i in carriers[t]:
+                scene.paste(triggers[t], spots[t])
+                truth[t, i] = True
+        images[i] = np.asarray(scene).transpose(2, 0, 1)
+    detection = detect_mine(images, None, MineConfig())
+    for t in range(2):
+        assert detection.flagged[truth[t]].mean() >= 0.9, f"trigger {t}: {detection.flagged[truth[t]].sum()} of 24 flagged"
+    assert not detection.flagged[~truth.any(0)].any()

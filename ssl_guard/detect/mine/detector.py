@@ -14,6 +14,7 @@ from ssl_guard.detect.mine.descriptors import describe
 from ssl_guard.detect.mine.extraction import Pattern, refine, seed_box, seed_template
 from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.scoring import (
+    SCALES,
     SMOOTHED_FROM,
     default_min_hosts,
     drop_thin_patterns,
@@ -24,6 +25,8 @@ from ssl_guard.detect.mine.scoring import (
     pattern_verdict,
     prevalence_guard,
     residuals,
+    scaled,
+    variant_threshold,
 )
 from ssl_guard.detect.result import Detection, TriggerPattern
 
@@ -225,18 +228,33 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     clock = time.perf_counter()
     templates = [p.template for p, _ in accepted]
     smoothed = [bool(e.get("smoothed", 0.0)) for _, e in accepted]
-    residual, corner = residuals(images, np.arange(n), templates, config.batch_size, device, stage("mine: score", n), smoothed=smoothed)
+    # each pattern at its own scale and at `SCALES`, matched in one pass over the scan
+    forms = [(t, t_index, 1.0) for t_index, t in enumerate(templates)]
+    forms += [(scaled(t, s), t_index, s) for t_index, t in enumerate(templates) for s in SCALES]
+    residual, corner = residuals(images, np.arange(n), [f[0] for f in forms], config.batch_size, device, stage("mine: score", n), smoothed=[smoothed[f[1]] for f in forms])
     # the Bonferroni line of verification, widened to the Bayes line between the hosts and the
     # null now that every image is scored (`scoring.host_threshold`)
     for t, (_, row) in enumerate(accepted):
         row.update(host_threshold(residual[:, t], row["threshold"]))
+    lines = np.zeros(len(forms), np.float32)  # 0: a variant not kept
+    lines[: len(accepted)] = [e["threshold"] for _, e in accepted]
+    for f in range(len(accepted), len(forms)):
+        t = forms[f][1]
+        kept = variant_threshold(residual[:, f], residual[:, t] < lines[t], config.alpha / len(SCALES), config.max_lookalike_ratio)
+        if kept is not None:
+            lines[f] = kept["threshold"]
+            accepted[t][1][f"threshold_at_scale_{forms[f][2]:g}"] = kept["threshold"]
+    form_relative = np.where(lines[None, :] > 0, np.clip(1.0 - residual / (2 * np.maximum(lines, 1e-9)[None, :]), 0.0, 1.0), 0.0)
+    owner = np.array([f[1] for f in forms])
+    best_form = np.stack([np.where(owner == t, form_relative, -1.0).argmax(axis=1) for t in range(len(accepted))], 1)
+    relative = np.take_along_axis(form_relative, best_form, axis=1)
     thresholds = np.array([e["threshold"] for _, e in accepted], np.float32)
-    relative = np.clip(1.0 - residual / (2 * thresholds[None, :]), 0.0, 1.0)
     which = relative.argmax(axis=1)
     scores = relative[np.arange(n), which].astype(np.float32)
     flagged = scores > 0.5
-    y, x = corner[np.arange(n), which, 0], corner[np.arange(n), which, 1]
-    sizes = np.array([t.shape[1:] for t in templates])[which]
+    used = best_form[np.arange(n), which]
+    y, x = corner[np.arange(n), used, 0], corner[np.arange(n), used, 1]
+    sizes = np.array([f[0].shape[1:] for f in forms])[used]
     boxes = np.stack([x, y, x + sizes[:, 1], y + sizes[:, 0]], 1).astype(np.int32)
     # the host count was extrapolated from a sample during verification; the scan's own count is
     # now known, and a pattern with fewer than `min_hosts` there is a near-duplicate, not a trigger

@@ -197,6 +197,36 @@ def host_threshold(residual: np.ndarray, threshold: float, flat: float = 1.0, gr
     return out
 
 
+# the scales a pattern is also matched at in the final scoring: a fixed-pixel trigger on photos of
+# other sizes, or a copy resized by ±15%, reaches the scan smaller or larger than the template
+SCALES = (0.7, 0.85, 1.18, 1.4)
+
+
+def scaled(template: torch.Tensor, scale: float) -> torch.Tensor:
+    """`template` (3, h, w) resized by `scale` (antialiased bilinear), at least 4 px a side."""
+    h, w = template.shape[1:]
+    size = (max(4, round(h * scale)), max(4, round(w * scale)))
+    return F.interpolate(template[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+
+
+def variant_threshold(residual: np.ndarray, pattern_hosts: np.ndarray, alpha: float, max_lookalike_ratio: float) -> dict[str, float] | None:
+    """The host threshold of a pattern matched at another scale, or None when that variant is not
+    kept. `residual`: the variant's best residual in every image; `pattern_hosts`: the images the
+    pattern flags at its own scale. The variant gets the scan's own null (Bonferroni at `alpha`,
+    the budget shared by the variants) widened to the Bayes line (`host_threshold`), and is kept
+    only when it is acceptable as a pattern (`pattern_verdict`: threshold under 1, no look-alike
+    continuum) and when most of its hosts (at least half) are the pattern's own hosts: it must
+    find the same copies and more, not something else that a resized template happens to match."""
+    null = null_threshold(residual, alpha)
+    if pattern_verdict(float("inf"), null, 0, max_lookalike_ratio) != "accepted":
+        return None
+    line = host_threshold(residual, null["threshold"])
+    hosts = residual < line["threshold"]
+    if not hosts.any() or (hosts & pattern_hosts).sum() < 0.5 * hosts.sum():
+        return None
+    return {**null, **line}
+
+
 def pattern_verdict(expected_hosts: float, null: dict[str, float], min_hosts: int, max_lookalike_ratio: float) -> str:
     """Accept a verified template, or say why not.
 

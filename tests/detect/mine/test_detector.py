@@ -96,3 +96,34 @@ def test_two_triggers_whose_hosts_are_joined_into_one_group_are_both_found():
     for t in range(2):
         assert detection.flagged[truth[t]].mean() >= 0.9, f"trigger {t}: {detection.flagged[truth[t]].sum()} of 24 flagged"
     assert not detection.flagged[~truth.any(0)].any()
+
+
+def _with_resized_copies(n: int = 400, regular: int = 30, resized: int = 4, scale: float = 0.85, seed: int = 12):
+    """`regular` images with a 12-px trigger and `resized` with the same trigger resized by
+    `scale` (too few to be a pattern of their own: `min_hosts` is 5)."""
+    from PIL import Image
+
+    from ssl_guard import synthetic
+
+    rng = np.random.default_rng(seed)
+    trigger = synthetic.trigger_patch(seed=3, size=12)
+    small = trigger.resize((round(12 * scale),) * 2, Image.BILINEAR)
+    images = np.zeros((n, 3, R, R), np.uint8)
+    truth = np.zeros(n, int)  # 0 clean, 1 regular copy, 2 resized copy
+    for i in range(n):
+        scene = synthetic.scene(rng, i % 4, 96).resize((R, R), Image.BILINEAR)
+        if i < regular + resized:
+            scene.paste(trigger if i < regular else small, (int(rng.integers(8, 44)), int(rng.integers(8, 44))))
+            truth[i] = 1 if i < regular else 2
+        images[i] = np.asarray(scene).transpose(2, 0, 1)
+    return images, truth
+
+
+def test_resized_copies_are_flagged_with_the_scaled_variants_and_no_clean_image_is():
+    images, truth = _with_resized_copies()
+    detection = detect_mine(images, None, MineConfig())
+    assert detection.flagged[truth == 1].all() and detection.flagged[truth == 2].all()
+    assert not detection.flagged[truth == 0].any()
+    # the variants were matched and some kept, each with its own line under a flat patch's 1
+    lines = {k: v for k, v in detection.bank[0].evidence.items() if k.startswith("threshold_at_scale_")}
+    assert lines and all(0 < v < 1 for v in lines.values())

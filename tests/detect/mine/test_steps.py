@@ -20,6 +20,8 @@ from ssl_guard.detect.mine.scoring import (
     phases,
     prevalence_guard,
     residuals,
+    scaled,
+    variant_threshold,
 )
 
 
@@ -128,6 +130,35 @@ def test_host_threshold_takes_in_copies_just_above_the_line_and_no_clean_image()
     assert 0.5 < capped["threshold"] < 1.0
     # no hosts to fit: the line stays where it was
     assert host_threshold(bulk, 0.2)["threshold"] == 0.2
+
+
+def test_scaled_templates_keep_their_range_and_at_least_four_pixels():
+    template = torch.rand(3, 12, 10)
+    assert scaled(template, 0.7).shape == (3, 8, 7) and scaled(template, 1.4).shape == (3, 17, 14)
+    assert scaled(torch.rand(3, 5, 5), 0.7).shape == (3, 4, 4)
+    big = scaled(template, 1.4)
+    assert 0 <= float(big.min()) and float(big.max()) <= 1
+
+
+def test_a_scaled_variant_is_kept_only_when_it_finds_the_patterns_copies():
+    rng = np.random.default_rng(3)
+    n = 4000
+    own = np.zeros(n, bool)
+    own[:40] = True  # the pattern's hosts at its own scale
+    bulk = np.exp(rng.normal(0.5, 0.3, n))
+    # a variant that matches the same 40 copies and 10 more at its scale: kept, takes all 50
+    same = bulk.copy()
+    same[:50] = np.exp(rng.normal(-1.5, 0.3, 50))
+    kept = variant_threshold(same, own, 0.01 / 4, 0.5)
+    assert kept is not None and (same[:50] < kept["threshold"]).sum() >= 45 and (same[50:] < kept["threshold"]).sum() <= 1
+    # a variant whose hosts are other images: not the same pattern
+    other = bulk.copy()
+    other[100:150] = np.exp(rng.normal(-1.5, 0.3, 50))
+    assert variant_threshold(other, own, 0.01 / 4, 0.5) is None
+    # a variant that matches a natural continuum: refused as a pattern would be
+    continuum = bulk.copy()
+    continuum[:400] = np.exp(rng.normal(-0.6, 0.4, 400))
+    assert variant_threshold(continuum, own, 0.01 / 4, 0.5) is None
 
 
 def test_residuals_find_a_copy_at_any_sub_pixel_phase():

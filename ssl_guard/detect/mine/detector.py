@@ -16,6 +16,7 @@ from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.scoring import (
     SCALES,
     SMOOTHED_FROM,
+    acceptable,
     default_min_hosts,
     drop_thin_patterns,
     host_concentration,
@@ -76,11 +77,8 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
         null = null_threshold(residual[:sampled, f], config.alpha, total, others=residual[sampled:, f])
         forms.append(({**null, "smoothed": float(f)}, residual[:, f], corner[:, f]))
 
-    def acceptable(null: dict[str, float]) -> bool:
-        # pattern_verdict's two refusals (flat patch, look-alike continuum), its host count set aside
-        return pattern_verdict(float("inf"), null, 0, config.max_lookalike_ratio) == "accepted"
-
-    if len(forms) == 2 and acceptable(forms[1][0]) and (not acceptable(forms[0][0]) or forms[1][0]["hosts"] > forms[0][0]["hosts"]):
+    limit = config.max_lookalike_ratio
+    if len(forms) == 2 and acceptable(forms[1][0], limit) and (not acceptable(forms[0][0], limit) or forms[1][0]["hosts"] > forms[0][0]["hosts"]):
         return forms[1]
     return forms[0]
 

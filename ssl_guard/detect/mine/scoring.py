@@ -218,7 +218,7 @@ def variant_threshold(residual: np.ndarray, pattern_hosts: np.ndarray, alpha: fl
     continuum) and when most of its hosts (at least half) are the pattern's own hosts: it must
     find the same copies and more, not something else that a resized template happens to match."""
     null = null_threshold(residual, alpha)
-    if pattern_verdict(float("inf"), null, 0, max_lookalike_ratio) != "accepted":
+    if not acceptable(null, max_lookalike_ratio):
         return None
     line = host_threshold(residual, null["threshold"])
     hosts = residual < line["threshold"]
@@ -244,6 +244,12 @@ def pattern_verdict(expected_hosts: float, null: dict[str, float], min_hosts: in
     if null["lookalike_ratio"] > max_lookalike_ratio:
         return "rejected: natural look-alikes form a continuum"
     return "accepted"
+
+
+def acceptable(null: dict[str, float], max_lookalike_ratio: float) -> bool:
+    """`pattern_verdict`'s two refusals (a flat patch, a look-alike continuum), its host count set
+    aside: whether a matched form of a template is acceptable at all."""
+    return pattern_verdict(float("inf"), null, 0, max_lookalike_ratio) == "accepted"
 
 
 def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], which: np.ndarray, thresholds: np.ndarray, device: torch.device, smoothed: list[bool] | None = None) -> dict[int, np.ndarray]:

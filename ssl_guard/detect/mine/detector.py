@@ -246,7 +246,6 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     owner = np.array([f[1] for f in forms])
     best_form = np.stack([np.where(owner == t, form_relative, -1.0).argmax(axis=1) for t in range(len(accepted))], 1)
     relative = np.take_along_axis(form_relative, best_form, axis=1)
-    thresholds = np.array([e["threshold"] for _, e in accepted], np.float32)
     which = relative.argmax(axis=1)
     scores = relative[np.arange(n), which].astype(np.float32)
     flagged = scores > 0.5
@@ -276,7 +275,8 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             targeted=None if "targeted" not in row else bool(row["targeted"]),
             evidence=row,
         ))
-    maps = match_maps(images, np.argsort(-scores, kind="stable")[: config.report_maps], templates, which, thresholds, device, smoothed)
+    # each map shows the form (pattern and scale) the sample's score came from
+    maps = match_maps(images, np.argsort(-scores, kind="stable")[: config.report_maps], [f[0] for f in forms], used, lines, device, [smoothed[f[1]] for f in forms])
     seconds["score"] = time.perf_counter() - clock
     details["pattern_of_sample"] = which
     return Detection("mine", scores, flagged, boxes, 0.5, bank, maps, seconds, warnings, details)

@@ -9,7 +9,9 @@ A zoo dataset is named `<condition>/<seed>`. The seed picks the trigger family (
 the nine generated families of `ssl_guard.attacks.families` plus the published HTBA set), the
 trigger's own seed, its width (8-25% of the short side), opacity (half opaque, half alpha
 0.6-0.9), the JPEG quality (75-95), the target class and the poison positions. The condition fixes
-the rest (base data, rate, jitter, photo sizes, number of triggers).
+the rest (base data, rate, jitter, photo sizes, number of triggers). The `opaque-*` conditions
+follow the protocol the issue gives for its hidden cases: opaque copies, 0.14-0.25 of the side,
+JPEG q95 (the same draws, with the width mapped into that range).
 
 Seeds are split by decade: seeds 0-9, 20-29, 40-49, ... are the **dev** split (look and tune);
 10-19, 30-39, ... are the **test** split (run and report only). Every family is in both.
@@ -57,6 +59,9 @@ CONDITIONS: dict[str, dict] = {
     "multi3-1pct": {"base": "imagenette-val", "rate": 0.01, "jitter": False, "sizes": "fixed", "triggers": 3},
     "cifar-test-1pct": {"base": "cifar-test", "rate": 0.01, "jitter": False, "sizes": "fixed", "triggers": 1},
     "cifar-train-0.1pct": {"base": "cifar-train", "rate": 0.001, "jitter": False, "sizes": "fixed", "triggers": 1},
+    # the hidden cases' protocol as issue 14 states it: opaque, 0.14-0.25 of the side, JPEG q95, 1-2%
+    "opaque-1pct": {"base": "imagenette-val", "rate": 0.01, "jitter": False, "sizes": "fixed", "triggers": 1, "alpha": 1.0, "width": (0.14, 0.25), "quality": 95},
+    "opaque-2pct": {"base": "imagenette-val", "rate": 0.02, "jitter": False, "sizes": "fixed", "triggers": 1, "alpha": 1.0, "width": (0.14, 0.25), "quality": 95},
     "clean": {"base": "imagenette-val", "rate": 0.0, "jitter": False, "sizes": "fixed", "triggers": 0},
     "clean-neardup": {"base": "imagenette-val", "rate": 0.0, "jitter": False, "sizes": "fixed", "triggers": 0, "near_duplicates": 0.02},
 }
@@ -88,10 +93,18 @@ def make_spec(condition: str, seed: int) -> Spec:
     rng = np.random.default_rng([seed, 7919])
     families = [ZOO_FAMILIES[(seed + 3 * t) % len(ZOO_FAMILIES)] for t in range(c["triggers"])]
     alpha = 1.0 if rng.uniform() < 0.5 else float(rng.uniform(0.6, 0.9))
+    width = float(rng.uniform(0.08, 0.25))
+    quality = int(rng.integers(75, 96))
+    # a condition may fix the opacity and quality or narrow the width; the draws above are made
+    # all the same, so the other conditions' specs do not change
+    if "width" in c:
+        low, high = c["width"]
+        width = low + (width - 0.08) / (0.25 - 0.08) * (high - low)
+    alpha = float(c.get("alpha", alpha))
+    quality = int(c.get("quality", quality))
     return Spec(
         condition, seed, split_of(seed), c["base"], c["rate"], c["jitter"], c["sizes"], families,
-        [int(seed * 31 + t) for t in range(c["triggers"])], float(rng.uniform(0.08, 0.25)), alpha,
-        int(rng.integers(75, 96)), c.get("near_duplicates", 0.0),
+        [int(seed * 31 + t) for t in range(c["triggers"])], width, alpha, quality, c.get("near_duplicates", 0.0),
     )
 
 

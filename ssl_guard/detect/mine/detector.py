@@ -181,19 +181,25 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
                 continue
             # refine on the hosts found, re-match, and repeat while the host set grows: each
             # pass sees more copies, so the shared block and its median sharpen
-            refined = None
+            refined, distinct = None, False
             for _ in range(3):
                 better = refine(images, probe[hosts], corner[hosts], template if refined is None else refined)
                 if better is None:
                     break
+                distinct = True  # the hosts agree on a block and not around it
                 trial_null, trial_residual, trial_corner = _test_pattern(images, probe, len(sample), n, better, config, device)
                 trial_hosts = trial_residual < trial_null["threshold"]
                 if trial_hosts.sum() < 3 or (refined is not None and trial_hosts.sum() <= hosts.sum()):
                     break
                 refined, null, residual, corner, hosts = better, trial_null, trial_residual, trial_corner, trial_hosts
             if refined is None:
-                verdict = "hosts agree around the seed as much as on it"
-                continue
+                if not distinct:
+                    verdict = "hosts agree around the seed as much as on it"
+                    continue
+                # the hosts share a block, but its median matches fewer of them than the seed
+                # did (copies of a fine texture at other sub-pixel phases blur in the median):
+                # the seed, as tested, is the candidate
+                refined = template
             h, w = refined.shape[1:]
             boxes = np.stack([corner[hosts, 1], corner[hosts, 0], corner[hosts, 1] + w, corner[hosts, 0] + h], 1).astype(np.int32)
             pattern = Pattern(refined, probe[hosts], boxes)

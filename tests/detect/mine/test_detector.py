@@ -4,6 +4,7 @@ flagged; clean data, and data whose only repeat is a natural near-duplicate, are
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from ssl_guard.detect.mine import MineConfig, detect_mine
@@ -127,3 +128,26 @@ def test_resized_copies_are_flagged_with_the_scaled_variants_and_no_clean_image_
     # the variants were matched and some kept, each with its own line under a flat patch's 1
     lines = {k: v for k, v in detection.bank[0].evidence.items() if k.startswith("threshold_at_scale_")}
     assert lines and all(0 < v < 1 for v in lines.values())
+
+
+
+def _blurred_refine(images, hosts, corners, template, copy_of=None):
+    """A stand-in for `refine` that finds the hosts' shared block but returns it blurred flat, as
+    the median of copies of a fine texture at other sub-pixel phases is: it matches none of them."""
+    from ssl_guard.detect.mine import extraction
+
+    block = extraction.refine(images, hosts, corners, template, copy_of)
+    return None if block is None else block.mean(dim=(1, 2), keepdim=True).expand_as(block).contiguous() + 0.01 * torch.rand_like(block)
+
+
+def test_a_seed_is_kept_when_its_hosts_share_a_block_whose_median_matches_worse(planted, monkeypatch):
+    from ssl_guard.detect.mine import detector
+
+    images, truth, _ = planted
+    monkeypatch.setattr(detector, "refine", _blurred_refine)
+    detection = detect_mine(images, None, MineConfig())
+    assert detection.flagged[truth].mean() >= 0.9 and not detection.flagged[~truth].any()
+    # ... but when the hosts agree around the seed as much as on it (no block), nothing is kept
+    monkeypatch.setattr(detector, "refine", lambda *args, **kwargs: None)
+    detection = detect_mine(images, None, MineConfig())
+    assert not detection.flagged.any()

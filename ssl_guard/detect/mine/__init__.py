@@ -9,6 +9,8 @@ hosts repeat, but its pixels do. The steps, one per module:
    region pins the alignment down (flat and one-directional agreement score 0);
 4. `candidates`: groups of images tied by triangles of strong agreements (chance agreements
    rarely close a triangle; the copies of one patch all agree with each other);
+   `plates`: groups of images sharing a smooth region of one size and one colour (plates,
+   gradients: triggers with no corners of their own);
 5. `extraction`: the block a group's hosts share, cut out as the pattern's template;
 6. `scoring`: every image matched against each template, hosts and look-alikes decided by a null
    measured on the scan itself;

@@ -11,8 +11,10 @@ import torch
 from ssl_guard.detect.mine.agreement import pair_agreement, resampling_tolerance
 from ssl_guard.detect.mine.candidates import best_pair_in, group_alignment, triangle_groups
 from ssl_guard.detect.mine.descriptors import describe
+from ssl_guard.detect.mine.edits import as_float
 from ssl_guard.detect.mine.extraction import Pattern, refine, seed_box, seed_template
 from ssl_guard.detect.mine.matching import neighbour_pairs
+from ssl_guard.detect.mine.plates import Regions, flat_step, plate_groups, smooth_regions
 from ssl_guard.detect.mine.scoring import (
     SCALES,
     SMOOTHED_FROM,
@@ -21,6 +23,8 @@ from ssl_guard.detect.mine.scoring import (
     drop_thin_patterns,
     host_concentration,
     host_threshold,
+    has_structure,
+    keep_agreeing,
     match_maps,
     null_threshold,
     pattern_verdict,
@@ -45,6 +49,7 @@ class MineConfig(pydantic.BaseModel):
     mining_images: int = pydantic.Field(20_000, ge=100, description="images sampled for mining; the rest are only scored")
     probe_images: int = pydantic.Field(3_000, ge=100, description="random images each candidate template is matched in while it is tested (with its group's own)")
     max_candidates: int = pydantic.Field(12, ge=1, description="candidate groups extracted and tested")
+    plate_candidates: int = pydantic.Field(4, ge=0, description="candidate groups of repeated smooth regions (plates, gradients) tested besides them")
     min_hosts: int | None = pydantic.Field(None, ge=3, description="fewest hosts a pattern needs; default 0.1% of the data, at least 5")
     alpha: float = pydantic.Field(0.01, gt=0, lt=1, description="chance of one false host per pattern and scan (the null's Bonferroni level)")
     max_lookalike_ratio: float = pydantic.Field(0.5, ge=0, description="images in the band just above the threshold per host; above it, a natural continuum")
@@ -61,7 +66,7 @@ class MineConfig(pydantic.BaseModel):
         return MineConfig(**values)
 
 
-def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, template: torch.Tensor, config: MineConfig, device: torch.device) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, template: torch.Tensor, config: MineConfig, device: torch.device, tolerance: float) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Match `template` in the images `probe` (its first `sampled` rows a random sample of the
     scan, the rest the candidate group's images); the null is fitted on the random sample only.
 
@@ -74,8 +79,19 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
     residual, corner = residuals(images, probe, [template] * len(smoothed), config.batch_size, device, smoothed=smoothed)
     forms = []
     for f in range(len(smoothed)):
-        null = null_threshold(residual[:sampled, f], config.alpha, total, others=residual[sampled:, f])
-        forms.append(({**null, "smoothed": float(f)}, residual[:, f], corner[:, f]))
+        column = residual[:, f]
+        null = null_threshold(column[:sampled], config.alpha, total, others=column[sampled:])
+        if null["threshold"] >= 1.0 and has_structure(template, tolerance):
+            # a smooth template (a gradient, a plate): a flat patch of its mean colour would pass
+            # the line, so a host must also agree with the template pixel for pixel
+            for _ in range(3):
+                kept = keep_agreeing(images, probe, column, corner[:, f], template, tolerance, null["threshold"])
+                if np.array_equal(np.isinf(kept), np.isinf(column)):
+                    break
+                column = kept
+                null = null_threshold(column[:sampled], config.alpha, total, others=column[sampled:])
+            null["structured"] = 1.0
+        forms.append(({**null, "smoothed": float(f)}, column, corner[:, f]))
 
     limit = config.max_lookalike_ratio
     if len(forms) == 2 and acceptable(forms[1][0], limit) and (not acceptable(forms[0][0], limit) or forms[1][0]["hosts"] > forms[0][0]["hosts"]):
@@ -105,6 +121,22 @@ def _seeds(images: np.ndarray, group: np.ndarray, points, a: np.ndarray, b: np.n
                 yield "aligned", refine(images, members[inside_frame], corners[inside_frame], template, copy_of=0)
     for pair in best_pair_in(group, image_a, image_b, evidence, 3):
         yield "pair", seed_template(images, int(image_a[pair]), float(points.x[a[pair]]), float(points.y[a[pair]]), region[pair])
+
+
+def _plate_seeds(images: np.ndarray, regions: Regions, members: np.ndarray):
+    """A plate group's seed templates: the block its members share once their smooth regions are
+    centred on the first (the cluster's centre), that region's image over it, and the region's
+    own box in that image."""
+    box = regions.box[members]
+    x, y, w, h = (int(v) for v in box[0])
+    template = as_float(images[regions.image[members[0]] : regions.image[members[0]] + 1, :, y : y + h, x : x + w])[0].contiguous()
+    size = images.shape[-1]
+    # each member's top-left corner of the hub's box, with the regions' centres put together
+    corners = np.round(np.stack([box[:, 1] + box[:, 3] / 2 - h / 2, box[:, 0] + box[:, 2] / 2 - w / 2], 1)).astype(np.int64)
+    inside_frame = (corners[:, 0] >= 0) & (corners[:, 1] >= 0) & (corners[:, 0] + h <= size) & (corners[:, 1] + w <= size)
+    if inside_frame[0] and inside_frame.sum() >= 3:
+        yield "plate-aligned", refine(images, regions.image[members][inside_frame], corners[inside_frame], template, copy_of=0)
+    yield "plate", template
 
 
 def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: MineConfig | None = None, device: str | torch.device = "cpu", progress=None) -> Detection:
@@ -153,7 +185,17 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     image_a, image_b = points.image[a], points.image[b]
     shift = np.stack([points.x[b] - points.x[a], points.y[b] - points.y[a]], 1)
     groups = triangle_groups(image_a, image_b, evidence, n, budget=len(mined), min_size=3)
-    advance = stage("mine: verify", min(len(groups), config.max_candidates))
+    seconds["groups"] = time.perf_counter() - clock
+    # smooth regions that repeat exactly: the candidates of triggers with few corners of their own
+    clock = time.perf_counter()
+    # (an even subsample of the mined images: the random stream, and with it the probe, stays as
+    # it was without this step)
+    flat = flat_step(images, mined[:: max(1, len(mined) // 256)])
+    regions = smooth_regions(images, mined, flat, 4, 2 * half)
+    plates = plate_groups(regions, 255 * tolerance, 3, top=config.plate_candidates)
+    seconds["plates"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    advance = stage("mine: verify", min(len(groups), config.max_candidates) + len(plates))
     sample = np.sort(rng.choice(n, min(n, config.probe_images), replace=False))
     accepted: list[tuple[Pattern, dict[str, float]]] = []
     report: list[dict] = []
@@ -162,19 +204,21 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     # members that pattern does not explain (`remainder`), since chance edges can join the hosts
     # of two triggers into one group; those retries are outside the `max_candidates` budget (at
     # most one per accepted pattern)
-    queue: list[tuple[np.ndarray, bool]] = [(g, False) for g in groups[: config.max_candidates]]
+    queue: list[tuple[np.ndarray, bool, np.ndarray | None]] = [(g, False, None) for g in groups[: config.max_candidates]]
+    queue += [(np.unique(rows), False, members) for rows, members in plates]
     while queue:
-        group, remainder = queue.pop(0)
+        group, remainder, plate = queue.pop(0)
         if not remainder:
             advance(1)
         if len(covered.intersection(group.tolist())) > 0.5 * len(group):
             continue  # a part of a pattern already in the bank
-        verdict, evidence_row, pattern = "no seed region", {"group": float(len(group)), "remainder": float(remainder)}, None
+        verdict, evidence_row, pattern = "no seed region", {"group": float(len(group)), "remainder": float(remainder), "plate": float(plate is not None)}, None
         probe = np.concatenate([sample, np.setdiff1d(group, sample)])
-        for kind, template in _seeds(images, group, points, a, b, shift, evidence, region):
+        seeds = _plate_seeds(images, regions, plate) if plate is not None else _seeds(images, group, points, a, b, shift, evidence, region)
+        for kind, template in seeds:
             if template is None:
                 continue
-            null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device)
+            null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device, tolerance)
             hosts = residual < null["threshold"]
             if hosts.sum() < 3:
                 verdict = "seed matches too few images"
@@ -187,7 +231,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
                 if better is None:
                     break
                 distinct = True  # the hosts agree on a block and not around it
-                trial_null, trial_residual, trial_corner = _test_pattern(images, probe, len(sample), n, better, config, device)
+                trial_null, trial_residual, trial_corner = _test_pattern(images, probe, len(sample), n, better, config, device, tolerance)
                 trial_hosts = trial_residual < trial_null["threshold"]
                 if trial_hosts.sum() < 3 or (refined is not None and trial_hosts.sum() <= hosts.sum()):
                     break
@@ -203,11 +247,11 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             h, w = refined.shape[1:]
             boxes = np.stack([corner[hosts, 1], corner[hosts, 0], corner[hosts, 1] + w, corner[hosts, 0] + h], 1).astype(np.int32)
             pattern = Pattern(refined, probe[hosts], boxes)
-            evidence_row = {"group": float(len(group)), "remainder": float(remainder), **null, "height": float(h), "width": float(w), "tolerance": tolerance, "host_residual": float(np.median(residual[hosts])) if hosts.any() else float("nan")}
+            evidence_row = {"group": float(len(group)), "remainder": float(remainder), "plate": float(plate is not None), **null, "height": float(h), "width": float(w), "tolerance": tolerance, "host_residual": float(np.median(residual[hosts])) if hosts.any() else float("nan")}
             # hosts in the whole scan: the random sample's share scaled up, or those seen if more
             expected_hosts = max(float(hosts.sum()), float(hosts[: len(sample)].sum()) * n / len(sample))
             evidence_row["expected_hosts"] = expected_hosts
-            evidence_row["aligned_seed"] = float(kind == "aligned")
+            evidence_row["aligned_seed"] = float(kind in ("aligned", "plate-aligned"))
             verdict = pattern_verdict(expected_hosts, null, config.min_hosts, config.max_lookalike_ratio)
             if verdict == "accepted":
                 break
@@ -219,7 +263,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             covered.update(pattern.hosts.tolist())
             rest = np.setdiff1d(group, np.fromiter(covered, np.int64, len(covered)))
             if not remainder and len(rest) >= 3:
-                queue.insert(0, (rest, True))
+                queue.insert(0, (rest, True, None))
     seconds["verify"] = time.perf_counter() - clock
     details = {"candidates": report, "keypoints": len(points), "pairs": len(a), "mined_images": len(mined), "tolerance": tolerance}
 
@@ -236,6 +280,11 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     forms = [(t, t_index, 1.0) for t_index, t in enumerate(templates)]
     forms += [(scaled(t, s), t_index, s) for t_index, t in enumerate(templates) for s in SCALES]
     residual, corner = residuals(images, np.arange(n), [f[0] for f in forms], config.batch_size, device, stage("mine: score", n), smoothed=[smoothed[f[1]] for f in forms])
+    # a smooth pattern's line can reach a flat patch's residual of 1: there, as in verification,
+    # only windows closer to the template than to its flat mean colour are hosts
+    for t, (_, row) in enumerate(accepted):
+        if row.get("structured"):
+            residual[:, t] = keep_agreeing(images, np.arange(n), residual[:, t], corner[:, t], templates[t], tolerance, row["threshold"])
     # the Bonferroni line of verification, widened to the Bayes line between the hosts and the
     # null now that every image is scored (`scoring.host_threshold`)
     for t, (_, row) in enumerate(accepted):

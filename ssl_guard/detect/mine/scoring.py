@@ -121,6 +121,47 @@ def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor
     return out, corner
 
 
+def agreeing_share(images: np.ndarray, rows: np.ndarray, corners: np.ndarray, template: torch.Tensor, tolerance: float) -> np.ndarray:
+    """The share of each matched window's pixels that agree with `template` (3, h, w) within the
+    scan's resampling `tolerance`, both 3 x 3-smoothed as in step 4 (the one-pixel border left
+    out, where the image's blur mixes in host content; not under `SMOOTHED_FROM` px). `corners`:
+    (len(rows), 2) y, x of each window's top-left, as `residuals` returns them."""
+    h, w = template.shape[1:]
+    cut = 1 if min(h, w) >= SMOOTHED_FROM else 0
+    reference = smooth(template[None])[0, :, cut : h - cut, cut : w - cut]
+    out = np.zeros(len(rows), np.float32)
+    for start in range(0, len(rows), 512):
+        pixels = smooth(as_float(images[rows[start : start + 512]]))
+        size = pixels.shape[-1]
+        for i, (y, x) in enumerate(corners[start : start + 512].tolist()):
+            y0, x0 = min(max(0, y), size - h) + cut, min(max(0, x), size - w) + cut
+            difference = (pixels[i, :, y0 : y0 + h - 2 * cut, x0 : x0 + w - 2 * cut] - reference).abs().mean(0)
+            out[start + i] = float((difference < tolerance).float().mean())
+    return out
+
+
+def has_structure(template: torch.Tensor, tolerance: float) -> bool:
+    """Whether most of `template`'s (smoothed) pixels differ from its mean colour by more than the
+    scan's resampling `tolerance`: a flat patch of that colour does not agree with it."""
+    reference = smooth(template[None])[0]
+    return float(((reference - reference.mean(dim=(1, 2), keepdim=True)).abs().mean(0) >= tolerance).float().mean()) > 0.5
+
+
+def keep_agreeing(images: np.ndarray, rows: np.ndarray, residual: np.ndarray, corners: np.ndarray, template: torch.Tensor, tolerance: float, threshold: float) -> np.ndarray:
+    """`residual` with every window under `threshold` whose pixels mostly disagree with the
+    template (`agreeing_share` at most one half) set to infinity: such a window is not a copy.
+
+    Used for smooth templates (a gradient, a plate), whose line can reach a flat patch's residual
+    of 1: the residual is normalised by the template's own small variance, so natural windows of
+    about its colour score little more than its copies, which agree with it pixel for pixel."""
+    residual = residual.copy()
+    below = np.nonzero(residual < threshold)[0]
+    if len(below):
+        share = agreeing_share(images, rows[below], corners[below], template, tolerance)
+        residual[below[share <= 0.5]] = np.inf
+    return residual
+
+
 def null_threshold(residual: np.ndarray, alpha: float, total: int | None = None, others: np.ndarray | None = None) -> dict[str, float]:
     """The host threshold of one pattern from its residuals over a random sample of a scan.
 
@@ -237,7 +278,7 @@ def pattern_verdict(expected_hosts: float, null: dict[str, float], min_hosts: in
     with threshold 40 flagged 201 photos, 199 of them clean, on identical-1pct/20). Otherwise the pattern needs
     `min_hosts` expected hosts and a band above the threshold no fuller than the null predicts.
     """
-    if null["threshold"] >= 1.0:
+    if null["threshold"] >= 1.0 and not null.get("structured"):
         return "rejected: the template matches no better than a flat patch of its mean colour"
     if expected_hosts < min_hosts:
         return f"fewer than {min_hosts} hosts"

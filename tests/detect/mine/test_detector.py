@@ -151,3 +151,30 @@ def test_a_seed_is_kept_when_its_hosts_share_a_block_whose_median_matches_worse(
     monkeypatch.setattr(detector, "refine", lambda *args, **kwargs: None)
     detection = detect_mine(images, None, MineConfig())
     assert not detection.flagged.any()
+
+
+def test_a_smooth_gradient_square_with_no_corner_of_its_own_is_found_through_its_smooth_region():
+    # a 10-px radial gradient (at most 3 levels a pixel, under the scenes' median neighbour
+    # difference; radial, since every generated scene's background is a linear ramp): its only
+    # corners are where it meets its host, so the corner correspondences do not tie its copies;
+    # its smooth region repeats in size and colour, and its template's threshold reaches a flat
+    # patch's residual, so its hosts must be closer to it than to its flat mean colour
+    from PIL import Image
+
+    from ssl_guard import synthetic
+
+    rng = np.random.default_rng(21)
+    yy, xx = np.mgrid[0:10, 0:10] / 9 - 0.5
+    t = np.sqrt(yy**2 + xx**2) / np.sqrt(0.5)
+    ramp = np.stack([90 + 24 * t, 20 + 9 * t, 120 - 24 * t]).round().astype(np.uint8)
+    images = np.zeros((400, 3, R, R), np.uint8)
+    truth = np.zeros(400, bool)
+    for i in range(400):
+        images[i] = np.asarray(synthetic.scene(rng, i % 4, 96).resize((R, R), Image.BILINEAR)).transpose(2, 0, 1)
+        if i < 30:
+            y, x = (int(v) for v in rng.integers(8, R - 18, 2))
+            images[i, :, y : y + 10, x : x + 10] = ramp
+            truth[i] = True
+    detection = detect_mine(images, None, MineConfig())
+    assert detection.flagged[truth].mean() >= 0.9, f"{detection.flagged[truth].sum()} of 30 flagged"
+    assert not detection.flagged[~truth].any()

@@ -121,44 +121,56 @@ def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor
     return out, corner
 
 
-def agreeing_share(images: np.ndarray, rows: np.ndarray, corners: np.ndarray, template: torch.Tensor, tolerance: float) -> np.ndarray:
-    """The share of each matched window's pixels that agree with `template` (3, h, w) within the
-    scan's resampling `tolerance`, both 3 x 3-smoothed as in step 4 (the one-pixel border left
-    out, where the image's blur mixes in host content; not under `SMOOTHED_FROM` px). `corners`:
-    (len(rows), 2) y, x of each window's top-left, as `residuals` returns them."""
+def _agreement_reference(template: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The smoothed template (its one-pixel border cut, where an image's blur mixes in host content;
+    not under `SMOOTHED_FROM` px), the mask of its structured pixels (those that differ from its
+    mean colour by the tolerance or more), and the border cut."""
     h, w = template.shape[1:]
     cut = 1 if min(h, w) >= SMOOTHED_FROM else 0
     reference = smooth(template[None])[0, :, cut : h - cut, cut : w - cut]
-    out = np.zeros(len(rows), np.float32)
+    structured = (reference - reference.mean(dim=(1, 2), keepdim=True)).abs().mean(0) >= tolerance
+    return reference, structured, cut
+
+
+def agreeing_share(images: np.ndarray, rows: np.ndarray, corners: np.ndarray, template: torch.Tensor, tolerance: float) -> np.ndarray:
+    """How well each matched window agrees with `template` pixel for pixel: (len(rows), 2), the
+    share of all its pixels, and of the template's structured pixels, that agree within the scan's
+    resampling `tolerance`, both 3 x 3-smoothed as in step 4 (`_agreement_reference`).
+    `corners`: (len(rows), 2) y, x of each window's top-left, as `residuals` returns them."""
+    h, w = template.shape[1:]
+    reference, structured, cut = _agreement_reference(template, tolerance)
+    out = np.zeros((len(rows), 2), np.float32)
     for start in range(0, len(rows), 512):
         pixels = smooth(as_float(images[rows[start : start + 512]]))
         size = pixels.shape[-1]
         for i, (y, x) in enumerate(corners[start : start + 512].tolist()):
             y0, x0 = min(max(0, y), size - h) + cut, min(max(0, x), size - w) + cut
-            difference = (pixels[i, :, y0 : y0 + h - 2 * cut, x0 : x0 + w - 2 * cut] - reference).abs().mean(0)
-            out[start + i] = float((difference < tolerance).float().mean())
+            agree = (pixels[i, :, y0 : y0 + h - 2 * cut, x0 : x0 + w - 2 * cut] - reference).abs().mean(0) < tolerance
+            out[start + i] = (float(agree.float().mean()), float(agree[structured].float().mean()) if structured.any() else 0.0)
     return out
 
 
 def has_structure(template: torch.Tensor, tolerance: float) -> bool:
-    """Whether most of `template`'s (smoothed) pixels differ from its mean colour by more than the
-    scan's resampling `tolerance`: a flat patch of that colour does not agree with it."""
-    reference = smooth(template[None])[0]
-    return float(((reference - reference.mean(dim=(1, 2), keepdim=True)).abs().mean(0) >= tolerance).float().mean()) > 0.5
+    """Whether any of `template`'s (smoothed) pixels differs from its mean colour by the scan's
+    resampling `tolerance` or more: then a flat patch of that colour cannot agree with most of
+    its structured pixels (`keep_agreeing`)."""
+    return bool(_agreement_reference(template, tolerance)[1].any())
 
 
 def keep_agreeing(images: np.ndarray, rows: np.ndarray, residual: np.ndarray, corners: np.ndarray, template: torch.Tensor, tolerance: float, threshold: float) -> np.ndarray:
-    """`residual` with every window under `threshold` whose pixels mostly disagree with the
-    template (`agreeing_share` at most one half) set to infinity: such a window is not a copy.
+    """`residual` with every window under `threshold` that is not a copy set to infinity: a copy
+    agrees with the template (`agreeing_share`) on more than half of all its pixels and on more
+    than half of the template's structured pixels (which a flat patch of the template's mean
+    colour never does).
 
-    Used for smooth templates (a gradient, a plate), whose line can reach a flat patch's residual
-    of 1: the residual is normalised by the template's own small variance, so natural windows of
-    about its colour score little more than its copies, which agree with it pixel for pixel."""
+    Used for smooth templates (a gradient, a plate with a pale glyph), whose line can reach a
+    flat patch's residual of 1: the residual is divided by the template's own small variance, so
+    natural windows of about its colour score little more than its copies."""
     residual = residual.copy()
     below = np.nonzero(residual < threshold)[0]
     if len(below):
         share = agreeing_share(images, rows[below], corners[below], template, tolerance)
-        residual[below[share <= 0.5]] = np.inf
+        residual[below[(share[:, 0] <= 0.5) | (share[:, 1] <= 0.5)]] = np.inf
     return residual
 
 

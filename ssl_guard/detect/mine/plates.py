@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.spatial import cKDTree
 
 
 @dataclass
@@ -103,23 +104,24 @@ def plate_groups(regions: Regions, colour_tolerance: float, min_size: int, top: 
     size = regions.box[kept, 2:]
     area = np.maximum(1, size.prod(1))
     close_radius = colour_tolerance / np.sqrt(area)
-    buckets: dict[tuple[int, int], np.ndarray] = {}
-    for k, (w, h) in enumerate(size.tolist()):
-        buckets.setdefault((w, h), []).append(k)
-    buckets = {key: np.array(v) for key, v in buckets.items()}
-    near: list[np.ndarray] = [np.zeros(0, np.int64)] * len(kept)
+    # the shell as a box query: colour within the tolerance on every channel, height and width
+    # within SIZE_TOLERANCE px (an L-infinity ball of radius 1 in these units), in chunks so that
+    # the neighbour lists stay small on scans of tens of thousands of images
+    keys = np.concatenate([colour / colour_tolerance, size / SIZE_TOLERANCE], 1)
+    tree = cKDTree(keys)
+    near: list[np.ndarray] = []
     ratio = np.zeros(len(kept))
-    for (w, h), rows in buckets.items():
-        others = [buckets[(w + dw, h + dh)] for dw in range(-SIZE_TOLERANCE, SIZE_TOLERANCE + 1) for dh in range(-SIZE_TOLERANCE, SIZE_TOLERANCE + 1) if (w + dw, h + dh) in buckets]
-        pool = np.concatenate(others)
-        distance = np.abs(colour[rows][:, None, :] - colour[pool][None, :, :]).max(2)
-        for i, k in enumerate(rows.tolist()):
-            other = image[pool] != image[k]
-            shell = np.unique(image[pool[other & (distance[i] <= colour_tolerance)]])
-            close = pool[other & (distance[i] <= close_radius[k])]
-            order = np.argsort(distance[i][other & (distance[i] <= close_radius[k])], kind="stable")
+    for start in range(0, len(kept), 2048):
+        for k, found in enumerate(tree.query_ball_point(keys[start : start + 2048], r=1.0 + 1e-9, p=np.inf), start):
+            found = np.asarray(found, np.int64)
+            found = found[image[found] != image[k]]
+            shell = np.unique(image[found])
+            distance = np.abs(colour[found] - colour[k]).max(1)
+            close = found[distance <= close_radius[k]]
+            # one region per other image: the closest
+            order = np.argsort(np.abs(colour[close] - colour[k]).max(1), kind="stable")
             _, first = np.unique(image[close[order]], return_index=True)
-            near[k] = close[order][first]
+            near.append(close[order][first])
             ratio[k] = len(near[k]) / max(1, len(shell))
     used = np.zeros(len(kept), bool)
     groups: list[tuple[np.ndarray, np.ndarray]] = []

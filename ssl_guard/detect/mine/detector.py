@@ -99,6 +99,11 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
     return forms[0]
 
 
+def _inside_frame(corners: np.ndarray, h: int, w: int, size: int) -> np.ndarray:
+    """Which h x w windows, top-left `corners` (y, x), lie wholly inside a `size`-px image."""
+    return (corners[:, 0] >= 0) & (corners[:, 1] >= 0) & (corners[:, 0] + h <= size) & (corners[:, 1] + w <= size)
+
+
 def _seeds(images: np.ndarray, group: np.ndarray, points, a: np.ndarray, b: np.ndarray, shift: np.ndarray, evidence: np.ndarray, region: np.ndarray):
     """A group's seed templates, best first: the block its members share once aligned to one hub
     image (`group_alignment`; the hub's own copy over it), then the agreeing regions of its three
@@ -115,8 +120,7 @@ def _seeds(images: np.ndarray, group: np.ndarray, points, a: np.ndarray, b: np.n
             size = images.shape[-1]
             x0, y0, _, _ = seed_box(size, float(points.x[kp]), float(points.y[kp]), region[pair])
             corners = np.round(np.stack([y0 + offsets[:, 1], x0 + offsets[:, 0]], 1)).astype(np.int64)
-            h, w = template.shape[1:]
-            inside_frame = (corners[:, 0] >= 0) & (corners[:, 1] >= 0) & (corners[:, 0] + h <= size) & (corners[:, 1] + w <= size)
+            inside_frame = _inside_frame(corners, *template.shape[1:], size)
             if inside_frame[0] and inside_frame.sum() >= 3:  # the hub (first member) among them
                 yield "aligned", refine(images, members[inside_frame], corners[inside_frame], template, copy_of=0)
     for pair in best_pair_in(group, image_a, image_b, evidence, 3):
@@ -133,7 +137,7 @@ def _plate_seeds(images: np.ndarray, regions: Regions, members: np.ndarray):
     size = images.shape[-1]
     # each member's top-left corner of the hub's box, with the regions' centres put together
     corners = np.round(np.stack([box[:, 1] + box[:, 3] / 2 - h / 2, box[:, 0] + box[:, 2] / 2 - w / 2], 1)).astype(np.int64)
-    inside_frame = (corners[:, 0] >= 0) & (corners[:, 1] >= 0) & (corners[:, 0] + h <= size) & (corners[:, 1] + w <= size)
+    inside_frame = _inside_frame(corners, h, w, size)
     if inside_frame[0] and inside_frame.sum() >= 3:
         yield "plate-aligned", refine(images, regions.image[members][inside_frame], corners[inside_frame], template, copy_of=0)
     yield "plate", template
@@ -190,9 +194,11 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     clock = time.perf_counter()
     # (an even subsample of the mined images: the random stream, and with it the probe, stays as
     # it was without this step)
-    flat = flat_step(images, mined[:: max(1, len(mined) // 256)])
-    regions = smooth_regions(images, mined, flat, 4, 2 * half)
-    plates = plate_groups(regions, 255 * tolerance, 3, top=config.plate_candidates)
+    plates: list[tuple[np.ndarray, np.ndarray]] = []
+    if config.plate_candidates:
+        flat = flat_step(images, mined[:: max(1, len(mined) // 256)])
+        regions = smooth_regions(images, mined, flat, 4, 2 * half)
+        plates = plate_groups(regions, 255 * tolerance, 3, top=config.plate_candidates)
     seconds["plates"] = time.perf_counter() - clock
     clock = time.perf_counter()
     advance = stage("mine: verify", min(len(groups), config.max_candidates) + len(plates))
@@ -281,7 +287,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     forms += [(scaled(t, s), t_index, s) for t_index, t in enumerate(templates) for s in SCALES]
     residual, corner = residuals(images, np.arange(n), [f[0] for f in forms], config.batch_size, device, stage("mine: score", n), smoothed=[smoothed[f[1]] for f in forms])
     # a smooth pattern's line can reach a flat patch's residual of 1: there, as in verification,
-    # only windows closer to the template than to its flat mean colour are hosts
+    # only windows that agree with the template pixel for pixel are hosts (`keep_agreeing`)
     for t, (_, row) in enumerate(accepted):
         if row.get("structured"):
             residual[:, t] = keep_agreeing(images, np.arange(n), residual[:, t], corner[:, t], templates[t], tolerance, row["threshold"])

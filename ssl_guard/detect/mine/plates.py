@@ -9,8 +9,8 @@ regions vary continuously in both: a sky or a shadow of every shade and every ex
 So each image's smooth regions are cut out (connected pixels whose neighbour differences are under
 the scan's median neighbour difference: smoother than half of the scan's own pixels), described by
 their mean colour and their box's height and width, and compared across images. A pasted region's
-copies fall within the scan's resampling tolerance of one another in colour and within a pixel in
-size, with almost nothing in a wider shell around them; a natural region's neighbours continue
+copies fall within the scan's resampling tolerance of one another in colour and within a pixel or
+two in size, with almost nothing in a wider shell around them; a natural region's neighbours continue
 into that shell. The burstiest clusters become candidate groups for the same verification as the
 corner groups (step 7 decides; this step only proposes).
 """
@@ -117,9 +117,10 @@ def plate_groups(regions: Regions, colour_tolerance: float, min_size: int, top: 
             found = found[image[found] != image[k]]
             shell = np.unique(image[found])
             distance = np.abs(colour[found] - colour[k]).max(1)
-            close = found[distance <= close_radius[k]]
+            inside = distance <= close_radius[k]
+            close = found[inside]
             # one region per other image: the closest
-            order = np.argsort(np.abs(colour[close] - colour[k]).max(1), kind="stable")
+            order = np.argsort(distance[inside], kind="stable")
             _, first = np.unique(image[close[order]], return_index=True)
             near.append(close[order][first])
             ratio[k] = len(near[k]) / max(1, len(shell))

@@ -21,6 +21,7 @@ from ssl_guard.detect.mine.scoring import (
     acceptable,
     default_min_hosts,
     drop_thin_patterns,
+    expected_host_count,
     host_concentration,
     host_threshold,
     has_structure,
@@ -254,8 +255,8 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             boxes = np.stack([corner[hosts, 1], corner[hosts, 0], corner[hosts, 1] + w, corner[hosts, 0] + h], 1).astype(np.int32)
             pattern = Pattern(refined, probe[hosts], boxes)
             evidence_row = {"group": float(len(group)), "remainder": float(remainder), "plate": float(plate is not None), **null, "height": float(h), "width": float(w), "tolerance": tolerance, "host_residual": float(np.median(residual[hosts])) if hosts.any() else float("nan")}
-            # hosts in the whole scan: the random sample's share scaled up, or those seen if more
-            expected_hosts = max(float(hosts.sum()), float(hosts[: len(sample)].sum()) * n / len(sample))
+            # hosts in the whole scan (seen, the sample's share, the mined images' share)
+            expected_hosts = expected_host_count(probe[hosts], int(hosts[: len(sample)].sum()), len(sample), n, mined)
             evidence_row["expected_hosts"] = expected_hosts
             evidence_row["aligned_seed"] = float(kind in ("aligned", "plate-aligned"))
             verdict = pattern_verdict(expected_hosts, null, config.min_hosts, config.max_lookalike_ratio)

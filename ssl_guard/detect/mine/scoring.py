@@ -322,6 +322,21 @@ def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tenso
     return maps
 
 
+def expected_host_count(host_rows: np.ndarray, sample_hosts: int, sampled: int, n: int, mined: np.ndarray) -> float:
+    """A verified template's hosts in the whole scan of `n` images, estimated three ways, the
+    largest kept: the hosts seen (`host_rows`, the probe's images under the line); the random
+    sample's share (`sample_hosts` of `sampled`) scaled to the scan; and the seen hosts among the
+    mined images (`mined`, sorted: the random subset the candidate groups come from) scaled by
+    n / len(mined). The first and third are lower bounds of their expectation (a group need not
+    hold every copy). The third matters when only part of a large scan is mined: 50 copies in
+    50,000 images leave about 20 among 20,000 mined and 3 in a 3,000-image sample, which a
+    Poisson draw leaves at 0 or 1 one time in five; the group's own copies then carry the count."""
+    seen = float(len(host_rows))
+    share = float(sample_hosts) * n / max(sampled, 1)
+    in_mined = float(np.isin(host_rows, mined).sum()) * n / max(len(mined), 1)
+    return max(seen, share, in_mined)
+
+
 def default_min_hosts(n: int, mining_images: int) -> int:
     """Fewest hosts a pattern needs when not set: 0.1% of the mined images, at least 5 (a
     backdoor needs tens of poisons to take; below 5 copies a repeat is a near-duplicate)."""

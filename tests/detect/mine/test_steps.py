@@ -355,3 +355,22 @@ def test_a_pattern_with_too_few_hosts_in_the_whole_scan_is_not_quarantined():
     out, counts, warnings = drop_thin_patterns(flagged, which, 2, 5)
     assert counts == [4, 20] and not out[:4].any() and out[10:30].all() and out.sum() == 20
     assert len(warnings) == 1 and "fewer than min_hosts (5)" in warnings[0]
+
+
+def test_the_host_count_of_a_partly_mined_scan_is_carried_by_the_groups_own_copies():
+    from ssl_guard.detect.mine.scoring import default_min_hosts, expected_host_count
+
+    # 50 copies in 50,000 images, 20,000 mined: the group holds 18 mined copies, the random
+    # 3,000-image sample happened to hold 1
+    n = 50_000
+    mined = np.sort(np.random.default_rng(0).choice(n, 20_000, replace=False))
+    group_copies = mined[:18]
+    sample_copy = np.setdiff1d(np.arange(n), mined)[:1]
+    host_rows = np.concatenate([sample_copy, group_copies])
+    estimate = expected_host_count(host_rows, 1, 3_000, n, mined)
+    assert estimate == 18 * n / 20_000  # 45: the mined share, not the 19 seen or the 16.7 sampled
+    assert estimate >= default_min_hosts(n, 20_000)
+    # the old estimate (seen, or the sample's share) fell under the default minimum
+    assert max(len(host_rows), 1 * n / 3_000) < default_min_hosts(n, 20_000)
+    # a scan mined whole: the mined share is the count seen
+    assert expected_host_count(np.arange(7), 2, 3_000, 3_925, np.arange(3_925)) == max(7, 2 * 3_925 / 3_000)

@@ -374,3 +374,17 @@ def test_the_host_count_of_a_partly_mined_scan_is_carried_by_the_groups_own_copi
     assert max(len(host_rows), 1 * n / 3_000) < default_min_hosts(n, 20_000)
     # a scan mined whole: the mined share is the count seen
     assert expected_host_count(np.arange(7), 2, 3_000, 3_925, np.arange(3_925)) == max(7, 2 * 3_925 / 3_000)
+
+
+def test_the_fft_correlation_is_the_direct_convolution():
+    from ssl_guard.detect.mine.scoring import FFT_FROM, cross_correlation
+
+    images = torch.rand(5, 3, 40, 36, generator=torch.Generator().manual_seed(0))
+    for h, w in ((3, 4), (13, 12), (17, 20)):
+        templates = torch.rand(4, 3, h, w, generator=torch.Generator().manual_seed(h))
+        direct = torch.nn.functional.conv2d(images, templates)
+        out = cross_correlation(images, templates)
+        assert out.shape == direct.shape
+        assert torch.allclose(out, direct, atol=1e-4, rtol=1e-5)
+    # the two larger sizes go through the FFT, the smallest does not
+    assert 3 * 4 * 38 * 33 < FFT_FROM * 40 * 36 <= 13 * 12 * 28 * 25

@@ -28,6 +28,8 @@ from ssl_guard.detect.mine.scoring import (
     keep_agreeing,
     match_maps,
     null_threshold,
+    one_photo_repeated,
+    thumbnails,
     pattern_verdict,
     prevalence_guard,
     residuals,
@@ -207,6 +209,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     accepted: list[tuple[Pattern, dict[str, float]]] = []
     report: list[dict] = []
     covered: set[int] = set()
+    cells = None  # the scan's thumbnails, made when a first pattern is accepted
     # candidates to test, strongest first; a group that yields a pattern is tested again on the
     # members that pattern does not explain (`remainder`), since chance edges can join the hosts
     # of two triggers into one group; those retries are outside the `max_candidates` budget (at
@@ -262,6 +265,14 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             verdict = pattern_verdict(expected_hosts, null, config.min_hosts, config.max_lookalike_ratio)
             if verdict == "accepted":
                 break
+        if verdict == "accepted":
+            # natural near-duplicates (one photo several times in a dataset) share every patch
+            if cells is None:
+                cells = thumbnails(images)
+            repeated = one_photo_repeated(pattern.hosts, pattern.boxes, cells, resolution, semantic, config.alpha)
+            evidence_row.update(repeated)
+            if repeated["repeated"]:
+                verdict = "rejected: the hosts are copies of one photo (alike outside the match too), not unrelated images"
         if semantic is not None and pattern is not None and len(pattern.hosts):
             evidence_row.update(host_concentration(pattern.hosts, semantic, rng))
         report.append({**evidence_row, "verdict": verdict})
@@ -308,6 +319,12 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     owner = np.array([f[1] for f in forms])
     best_form = np.stack([np.where(owner == t, form_relative, -1.0).argmax(axis=1) for t in range(len(accepted))], 1)
     relative = np.take_along_axis(form_relative, best_form, axis=1)
+    # the host count was extrapolated from a sample during verification; the scan's own count is
+    # now known, and a pattern with fewer than `min_hosts` there is a near-duplicate, not a
+    # trigger: it is dropped, and its images are scored by the patterns left
+    alive, counts, thin_warnings = drop_thin_patterns(relative, config.min_hosts)
+    warnings.extend(thin_warnings)
+    relative = np.where(alive[None, :], relative, 0.0)
     which = relative.argmax(axis=1)
     scores = relative[np.arange(n), which].astype(np.float32)
     flagged = scores > 0.5
@@ -315,10 +332,6 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     y, x = corner[np.arange(n), used, 0], corner[np.arange(n), used, 1]
     sizes = np.array([f[0].shape[1:] for f in forms])[used]
     boxes = np.stack([x, y, x + sizes[:, 1], y + sizes[:, 0]], 1).astype(np.int32)
-    # the host count was extrapolated from a sample during verification; the scan's own count is
-    # now known, and a pattern with fewer than `min_hosts` there is a near-duplicate, not a trigger
-    flagged, counts, thin_warnings = drop_thin_patterns(flagged, which, len(accepted), config.min_hosts)
-    warnings.extend(thin_warnings)
     for (_, row), found in zip(accepted, counts):
         row["scan_hosts"] = float(found)
     raw_flagged = flagged

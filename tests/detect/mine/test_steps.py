@@ -347,14 +347,29 @@ def test_smoothed_matching_reports_the_copy_at_the_templates_own_corner():
 def test_a_pattern_with_too_few_hosts_in_the_whole_scan_is_not_quarantined():
     from ssl_guard.detect.mine.scoring import drop_thin_patterns
 
-    flagged = np.zeros(100, bool)
-    flagged[:4] = True  # pattern 0: 4 hosts
-    flagged[10:30] = True  # pattern 1: 20 hosts
-    which = np.zeros(100, int)
-    which[10:30] = 1
-    out, counts, warnings = drop_thin_patterns(flagged, which, 2, 5)
-    assert counts == [4, 20] and not out[:4].any() and out[10:30].all() and out.sum() == 20
+    relative = np.zeros((100, 2))
+    relative[:4, 0] = 0.8  # pattern 0: 4 hosts of its own
+    relative[10:30, 1] = 0.9  # pattern 1: 20 hosts
+    alive, counts, warnings = drop_thin_patterns(relative, 5)
+    assert alive.tolist() == [False, True] and counts == [4, 20]
     assert len(warnings) == 1 and "fewer than min_hosts (5)" in warnings[0]
+
+
+def test_a_dropped_patterns_images_are_scored_by_the_patterns_left():
+    from ssl_guard.detect.mine.scoring import drop_thin_patterns
+
+    # two cuts of one trigger: 4 copies match cut 0 best, and cut 1 flags them too (score 0.7)
+    relative = np.zeros((100, 3))
+    relative[:4, 0], relative[:4, 1] = 0.95, 0.7
+    relative[4:30, 1] = 0.9
+    relative[50:54, 2] = 0.8  # a natural 4-image repeat no other pattern flags
+    relative[52:54, 0] = 0.6  # two of them cut 0 also flags: dropped first, it must not keep them
+    alive, counts, warnings = drop_thin_patterns(relative, 5)
+    assert alive.tolist() == [False, True, False]
+    live = np.where(alive[None, :], relative, 0.0)
+    flagged = live.max(axis=1) > 0.5
+    assert flagged[:30].all() and flagged.sum() == 30 and counts[1] == 30
+    assert len(warnings) == 2
 
 
 def test_the_host_count_of_a_partly_mined_scan_is_carried_by_the_groups_own_copies():
@@ -388,3 +403,30 @@ def test_the_fft_correlation_is_the_direct_convolution():
         assert torch.allclose(out, direct, atol=1e-4, rtol=1e-5)
     # the two larger sizes go through the FFT, the smallest does not
     assert 3 * 4 * 38 * 33 < FFT_FROM * 40 * 36 <= 13 * 12 * 28 * 25
+
+
+def test_hosts_that_are_copies_of_one_photo_are_told_from_unrelated_hosts():
+    from ssl_guard.detect.mine.scoring import one_photo_repeated, thumbnails
+
+    images = _noise_images(400, size=64, seed=3)
+    patch = _noise_images(1, size=64, seed=9)[0, :, :12, :12]
+    photo = images[0].copy()
+    copies = np.arange(100, 115)
+    for k, i in enumerate(copies):  # one photo, shifted by up to 2 px, each with its own patch spot
+        images[i] = np.roll(photo, (k % 3 - 1, k % 5 - 2), axis=(1, 2))
+    unrelated = np.arange(200, 240)
+    boxes = {}
+    for i in np.concatenate([copies, unrelated]):
+        y, x = 8 + (i * 7) % 40, 8 + (i * 13) % 40
+        images[i, :, y : y + 12, x : x + 12] = patch
+        boxes[int(i)] = (x, y, x + 12, y + 12)
+    cells = thumbnails(images)
+    semantic = np.arange(400) % 4
+    out = one_photo_repeated(copies, np.array([boxes[int(i)] for i in copies]), cells, 64, semantic, 0.01)
+    assert out["repeated"] == 1.0 and out["neighbour_share"] > 0.5 and out["neighbour_chance"] < 0.05
+    # unrelated images sharing the same pasted patch: alike only inside the box, left out
+    out = one_photo_repeated(unrelated, np.array([boxes[int(i)] for i in unrelated]), cells, 64, semantic, 0.01)
+    assert out["repeated"] == 0.0 and out["neighbour_share"] < 0.2
+    # a few copies of one photo among the hosts are not a majority
+    mixed = np.concatenate([unrelated[:30], copies[:4]])
+    assert one_photo_repeated(mixed, np.array([boxes[int(i)] for i in mixed]), cells, 64, semantic, 0.01)["repeated"] == 0.0

@@ -22,6 +22,7 @@ from ssl_guard.detect.mine.scoring import (
     default_min_hosts,
     drop_thin_patterns,
     expected_host_count,
+    flat_noise_floor,
     host_concentration,
     host_threshold,
     has_structure,
@@ -84,9 +85,10 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
     for f in range(len(smoothed)):
         column = residual[:, f]
         null = null_threshold(column[:sampled], config.alpha, total, others=column[sampled:])
-        if null["threshold"] >= 1.0 and has_structure(template, tolerance):
-            # a smooth template (a gradient, a plate): a flat patch of its mean colour would pass
-            # the line, so a host must also agree with the template pixel for pixel
+        if null["threshold"] > flat_noise_floor(template, tolerance, smoothed[f]) and has_structure(template, tolerance):
+            # a smooth template (a gradient, a plate): a flat patch of its mean colour, plus the
+            # scan's resampling noise, would pass the line, so a host must also agree with the
+            # template pixel for pixel
             for _ in range(3):
                 kept = keep_agreeing(images, probe, column, corner[:, f], template, tolerance, null["threshold"])
                 if np.array_equal(np.isinf(kept), np.isinf(column)):
@@ -304,9 +306,13 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
         if row.get("structured"):
             residual[:, t] = keep_agreeing(images, np.arange(n), residual[:, t], corner[:, t], templates[t], tolerance, row["threshold"])
     # the Bonferroni line of verification, widened to the Bayes line between the hosts and the
-    # null now that every image is scored (`scoring.host_threshold`)
+    # null now that every image is scored (`scoring.host_threshold`); where the wider line
+    # reaches what a flat window plus noise can score, the windows it takes in must agree too
     for t, (_, row) in enumerate(accepted):
         row.update(host_threshold(residual[:, t], row["threshold"]))
+        if row.get("structured") or row["threshold"] > flat_noise_floor(templates[t], tolerance, smoothed[t]):
+            row["structured"] = 1.0
+            residual[:, t] = keep_agreeing(images, np.arange(n), residual[:, t], corner[:, t], templates[t], tolerance, row["threshold"])
     lines = np.zeros(len(forms), np.float32)  # 0: a variant not kept
     lines[: len(accepted)] = [e["threshold"] for _, e in accepted]
     for f in range(len(accepted), len(forms)):

@@ -171,6 +171,24 @@ def agreeing_share(images: np.ndarray, rows: np.ndarray, corners: np.ndarray, te
     return out
 
 
+def flat_noise_floor(template: torch.Tensor, tolerance: float, smoothed: bool) -> float:
+    """The lowest residual a window of flat colour plus resampling noise can reach against
+    `template` in the form it is matched (`matched_form`).
+
+    A flat window of the template's mean colour scores exactly 1. Noise of the scan's resampling
+    `tolerance` on every pixel (norm e = tolerance * sqrt(pixels)) lowers that at most to
+    (1 - e / sqrt(S))^2, with S the template's own energy about its mean, when the noise happens
+    to line up with the template. A contrasted template (sqrt(S) many times e) keeps that floor
+    near 1, above any line its null gives; a pale or smooth one (a plate with a faint glyph: its
+    pixels differ from its mean by 1.6 times the tolerance on dev `opaque-1pct/22`) has a floor
+    near 0, and its line can admit textured windows of about its colour (3 grass windows there,
+    at residuals 0.60-0.93 under a line of 0.85-1.0). 0 when the noise outweighs the template."""
+    form, _ = matched_form(template, smoothed)
+    energy = float(((form - form.mean(dim=(1, 2), keepdim=True)) ** 2).sum())
+    ratio = tolerance * math.sqrt(form.numel()) / math.sqrt(max(energy, 1e-12))
+    return (1.0 - ratio) ** 2 if ratio < 1.0 else 0.0
+
+
 def has_structure(template: torch.Tensor, tolerance: float) -> bool:
     """Whether any of `template`'s (smoothed) pixels differs from its mean colour by the scan's
     resampling `tolerance` or more: then a flat patch of that colour cannot agree with most of

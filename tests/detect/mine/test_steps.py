@@ -430,3 +430,22 @@ def test_hosts_that_are_copies_of_one_photo_are_told_from_unrelated_hosts():
     # a few copies of one photo among the hosts are not a majority
     mixed = np.concatenate([unrelated[:30], copies[:4]])
     assert one_photo_repeated(mixed, np.array([boxes[int(i)] for i in mixed]), cells, 64, semantic, 0.01)["repeated"] == 0.0
+
+
+def test_the_flat_noise_floor_is_what_a_flat_window_plus_aligned_noise_scores():
+    from ssl_guard.detect.mine.scoring import flat_noise_floor
+
+    rng = np.random.default_rng(4)
+    tolerance = 0.02
+    pale = torch.from_numpy(0.5 + 0.03 * rng.standard_normal((3, 10, 10))).float()
+    contrasted = torch.from_numpy(rng.random((3, 10, 10))).float()
+    assert flat_noise_floor(contrasted, tolerance, False) > 0.8
+    floor = flat_noise_floor(pale, tolerance, False)
+    assert 0.0 < floor < 0.3
+    # the window that reaches it: the template's mean colour, moved toward the template by noise
+    # of the tolerance on every pixel
+    d = pale - pale.mean(dim=(1, 2), keepdim=True)
+    window = pale.mean(dim=(1, 2), keepdim=True) + tolerance * d.numel() ** 0.5 * d / d.norm()
+    assert abs(float(match_residual(window[None], pale).min()) - floor) < 1e-4
+    # noise larger than the template itself: no floor
+    assert flat_noise_floor(pale, 0.2, False) == 0.0

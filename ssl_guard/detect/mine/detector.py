@@ -271,7 +271,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             # natural near-duplicates (one photo several times in a dataset) share every patch
             if cells is None:
                 cells = thumbnails(images)
-            repeated = one_photo_repeated(pattern.hosts, pattern.boxes, cells, resolution, semantic, config.alpha)
+            repeated = one_photo_repeated(pattern.hosts, pattern.boxes, cells, resolution, semantic, config.alpha, pool=probe)
             evidence_row.update(repeated)
             if repeated["repeated"]:
                 verdict = "rejected: the hosts are copies of one photo (alike outside the match too), not unrelated images"

@@ -427,6 +427,11 @@ def test_hosts_that_are_copies_of_one_photo_are_told_from_unrelated_hosts():
     # unrelated images sharing the same pasted patch: alike only inside the box, left out
     out = one_photo_repeated(unrelated, np.array([boxes[int(i)] for i in unrelated]), cells, 64, semantic, 0.01)
     assert out["repeated"] == 0.0 and out["neighbour_share"] < 0.2
+    # compared only within a probe that holds the hosts: the same verdicts
+    probe = np.concatenate([np.arange(0, 400, 3), copies])
+    assert one_photo_repeated(copies, np.array([boxes[int(i)] for i in copies]), cells, 64, semantic, 0.01, pool=probe)["repeated"] == 1.0
+    probe = np.concatenate([np.arange(0, 400, 3), unrelated])
+    assert one_photo_repeated(unrelated, np.array([boxes[int(i)] for i in unrelated]), cells, 64, semantic, 0.01, pool=probe)["repeated"] == 0.0
     # a few copies of one photo among the hosts are not a majority
     mixed = np.concatenate([unrelated[:30], copies[:4]])
     assert one_photo_repeated(mixed, np.array([boxes[int(i)] for i in mixed]), cells, 64, semantic, 0.01)["repeated"] == 0.0

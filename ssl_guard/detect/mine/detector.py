@@ -321,6 +321,9 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
         if kept is not None:
             lines[f] = kept["threshold"]
             accepted[t][1][f"threshold_at_scale_{forms[f][2]:g}"] = kept["threshold"]
+            if lines[f] > flat_noise_floor(forms[f][0], tolerance, smoothed[t]):
+                # the scaled template is as pale as the pattern: the same agreement test
+                residual[:, f] = keep_agreeing(images, np.arange(n), residual[:, f], corner[:, f], forms[f][0], tolerance, float(lines[f]))
     form_relative = np.where(lines[None, :] > 0, np.clip(1.0 - residual / (2 * np.maximum(lines, 1e-9)[None, :]), 0.0, 1.0), 0.0)
     owner = np.array([f[1] for f in forms])
     best_form = np.stack([np.where(owner == t, form_relative, -1.0).argmax(axis=1) for t in range(len(accepted))], 1)

@@ -306,12 +306,12 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
         if row.get("structured"):
             residual[:, t] = keep_agreeing(images, np.arange(n), residual[:, t], corner[:, t], templates[t], tolerance, row["threshold"])
     # the Bonferroni line of verification, widened to the Bayes line between the hosts and the
-    # null now that every image is scored (`scoring.host_threshold`); where the wider line
-    # reaches what a flat window plus noise can score, the windows it takes in must agree too
+    # null now that every image is scored (`scoring.host_threshold`); for a smooth pattern (its
+    # null's line reached its flat-noise floor in verification) the windows the wider line takes
+    # in must agree too
     for t, (_, row) in enumerate(accepted):
         row.update(host_threshold(residual[:, t], row["threshold"]))
-        if row.get("structured") or row["threshold"] > flat_noise_floor(templates[t], tolerance, smoothed[t]):
-            row["structured"] = 1.0
+        if row.get("structured"):
             residual[:, t] = keep_agreeing(images, np.arange(n), residual[:, t], corner[:, t], templates[t], tolerance, row["threshold"])
     lines = np.zeros(len(forms), np.float32)  # 0: a variant not kept
     lines[: len(accepted)] = [e["threshold"] for _, e in accepted]
@@ -321,8 +321,8 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
         if kept is not None:
             lines[f] = kept["threshold"]
             accepted[t][1][f"threshold_at_scale_{forms[f][2]:g}"] = kept["threshold"]
-            if lines[f] > flat_noise_floor(forms[f][0], tolerance, smoothed[t]):
-                # the scaled template is as pale as the pattern: the same agreement test
+            if accepted[t][1].get("structured"):
+                # a smooth pattern's scaled template: the same agreement test
                 residual[:, f] = keep_agreeing(images, np.arange(n), residual[:, f], corner[:, f], forms[f][0], tolerance, float(lines[f]))
     form_relative = np.where(lines[None, :] > 0, np.clip(1.0 - residual / (2 * np.maximum(lines, 1e-9)[None, :]), 0.0, 1.0), 0.0)
     owner = np.array([f[1] for f in forms])

@@ -51,7 +51,7 @@ def match_residual(images: torch.Tensor, template: torch.Tensor) -> torch.Tensor
 # with h * w * (H - h + 1) * (W - w + 1). Measured on one thread (256 images at 64 px, 4 phases of
 # a 14 x 15 template): 0.091 s direct, 0.032 s through the FFT, i.e. the FFT's cost is that of a
 # direct convolution with about 46 multiply-adds per image pixel; above 64 the FFT is used
-# (bench/RESULTS.md, "Template matching through the FFT").
+# (bench/RESULTS.md, "One photo repeated, the flat-noise floor, the FFT, ...", change 5).
 FFT_FROM = 64
 
 

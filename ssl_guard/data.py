@@ -410,6 +410,66 @@ def to_square_array(image: Image.Image, resolution: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1))
 
 
+@dataclass(frozen=True)
+class NativeScale:
+    """One scale factor for every photo of a scan, on a square canvas: the view in which a trigger
+    pasted at a fixed pixel size (as on ImageNet, whose photos differ in size) has one size in
+    every copy. The square cache (`to_square_array`) resizes each photo to R x R, so such copies
+    differ in size (and aspect) from photo to photo by as much as the photos do.
+
+    A photo of w x h becomes round(s w) x round(s h), s = `factor` (smaller for the few photos that
+    would not fit the canvas), centred on the `canvas` x `canvas` square and padded by reflecting
+    its own pixels (a flat border would be content shared by every photo)."""
+
+    factor: float
+    canvas: int
+
+    def scale_of(self, width: int, height: int) -> float:
+        return min(self.factor, self.canvas / max(width, height, 1))
+
+    def placement(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(x0, y0, w, h): where the photo lies on the canvas."""
+        s = self.scale_of(width, height)
+        w, h = max(1, min(self.canvas, round(width * s))), max(1, min(self.canvas, round(height * s)))
+        return (self.canvas - w) // 2, (self.canvas - h) // 2, w, h
+
+    def array(self, image: Image.Image) -> np.ndarray:
+        """`image` on the canvas, `(3, C, C)` uint8."""
+        x0, y0, w, h = self.placement(*image.size)
+        pixels = np.asarray(image.resize((w, h), Image.BILINEAR), dtype=np.uint8)
+        pad = ((y0, self.canvas - h - y0), (x0, self.canvas - w - x0), (0, 0))
+        return np.ascontiguousarray(np.pad(pixels, pad, mode="symmetric").transpose(2, 0, 1))
+
+
+def native_scale(sizes: Sequence[tuple[int, int]], resolution: int) -> NativeScale | None:
+    """The scan's `NativeScale`, or None when the square cache already gives every photo one scale.
+
+    The median photo's short side maps to `resolution` (so a median photo is seen at the scale of
+    the square cache). The canvas holds the 99th percentile of long sides at that factor, at most
+    2 R (4x the pixels); larger photos are shrunk to fit. None when every photo's width and every
+    photo's height lie within 2^(1/8) of each other: a fixed-pixel trigger's copies then differ in
+    size by less than the half-step of the quarter-octave grid the detectors match scaled copies
+    on (`ssl_guard.detect.mine.scoring.SCALES`), and the square cache is used as it is."""
+    known = np.array([s for s in sizes if s[0] > 0 and s[1] > 0], dtype=np.float64).reshape(-1, 2)
+    if len(known) == 0:
+        return None
+    spread = known.max(axis=0) / known.min(axis=0)
+    if float(spread.max()) <= 2 ** 0.125:
+        return None
+    factor = resolution / float(np.median(known.min(axis=1)))
+    canvas = int(min(2 * resolution, np.ceil(factor * float(np.quantile(known.max(axis=1), 0.99)))))
+    return NativeScale(factor=factor, canvas=max(canvas, resolution))
+
+
+def layout_array(image: Image.Image, layout: int | NativeScale) -> np.ndarray:
+    """A decoded photo in the scan's layout: an int R is the square cache, else the native view."""
+    return to_square_array(image, layout) if isinstance(layout, int) else layout.array(image)
+
+
+def layout_side(layout: int | NativeScale) -> int:
+    return layout if isinstance(layout, int) else layout.canvas
+
+
 # ---------------------------------------------------------------------------------------------
 # Streaming batches
 
@@ -437,8 +497,9 @@ def sample_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_unit(unit: Unit, unit_index: int, resolution: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[UnitBatch]:
-    """Decode one unit into `UnitBatch`es of at most `batch_size` images."""
+def decode_unit(unit: Unit, unit_index: int, resolution: int | NativeScale, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[UnitBatch]:
+    """Decode one unit into `UnitBatch`es of at most `batch_size` images (`resolution`: the
+    square side R, or a `NativeScale` for the native view)."""
     ids: list[SampleId] = []
     arrays: list[np.ndarray] = []
     labels: list[str | None] = []
@@ -447,7 +508,8 @@ def decode_unit(unit: Unit, unit_index: int, resolution: int, batch_size: int, m
     skipped: list[Skipped] = []
 
     def flush(last: bool) -> UnitBatch:
-        stacked = np.stack(arrays) if arrays else np.zeros((0, 3, resolution, resolution), np.uint8)
+        side = layout_side(resolution)
+        stacked = np.stack(arrays) if arrays else np.zeros((0, 3, side, side), np.uint8)
         batch = UnitBatch(unit_index, list(ids), stacked, list(labels), list(skipped) if last else [], last, list(digests), list(sizes))
         ids.clear(), arrays.clear(), labels.clear(), digests.clear(), sizes.clear()
         return batch
@@ -462,7 +524,7 @@ def decode_unit(unit: Unit, unit_index: int, resolution: int, batch_size: int, m
             skipped.append(Skipped(raw.id, str(error)))
             continue
         ids.append(raw.id)
-        arrays.append(to_square_array(image, resolution))
+        arrays.append(layout_array(image, resolution))
         labels.append(raw.label)
         digests.append(sample_digest(raw.data))
         sizes.append(image.size)
@@ -478,7 +540,7 @@ def select_units(count: int, rank: int, world: int) -> list[int]:
 
 def stream_batches(
     sources: Sources,
-    resolution: int,
+    resolution: "int | NativeScale",
     batch_size: int = 256,
     workers: int = 2,
     unit_indices: Iterable[int] | None = None,

@@ -20,7 +20,7 @@ def keep_batch(batch: UnitBatch) -> UnitBatch:
 class UnitStream(torch.utils.data.IterableDataset):
     """Decodes the given units, split across DataLoader workers by unit."""
 
-    def __init__(self, sources: Sources, unit_indices: list[int], resolution: int, batch_size: int, max_pixels: int):
+    def __init__(self, sources: Sources, unit_indices: list[int], resolution: "int | NativeScale", batch_size: int, max_pixels: int):
         self.sources, self.unit_indices = sources, unit_indices
         self.resolution, self.batch_size, self.max_pixels = resolution, batch_size, max_pixels
 

@@ -34,6 +34,13 @@ class MineDetector(_PixelDetector):
 
         return detect_mine
 
+    def run(self, inputs: DetectorInputs) -> Detection:
+        # photos of mixed sizes: mined on the native view, where a fixed-pixel trigger keeps one size
+        if inputs.native is None:
+            return super().run(inputs)
+        found = self.detect()(inputs.native.images, inputs.semantic, self.settings(inputs.config), inputs.device, inputs.progress, photo_side=inputs.resolution)
+        return inputs.native.to_cache(found, inputs.resolution)
+
 
 @register
 class AdditiveDetector(_PixelDetector):

@@ -10,12 +10,13 @@ flat: one batch in flight per DataLoader worker, one unit at a time while assemb
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import os
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ssl_guard.data import SampleId, Skipped, Sources, stream_batches
+from ssl_guard.data import NativeScale, SampleId, Skipped, Sources, stream_batches
 from ssl_guard.run import RunFolder, write_csv
 
 UNITS_DIR = "units"
@@ -167,3 +168,35 @@ def open_arrays(run: RunFolder) -> ScanArrays:
         digests=[r.get("sha256") or "" for r in table],
         sizes=[(int(r.get("width") or 0), int(r.get("height") or 0)) for r in table],
     )
+
+
+NATIVE_NAME = "native.u8.npy"
+
+
+def build_native_view(run: RunFolder, sources: Sources, arrays: ScanArrays, layout: NativeScale, batch_size: int, workers: int, max_pixels: int, advance: Callable[[int], None] = lambda k: None) -> np.ndarray:
+    """Decode the scan once more into its native view (`ssl_guard.data.NativeScale`), row-aligned
+    with `arrays`: `native.u8.npy`, (N, 3, C, C) uint8. Only photos of mixed sizes need it; the
+    patch detector reads it so that a trigger pasted at a fixed pixel size keeps one size."""
+    row_of = {sample: row for row, sample in enumerate(arrays.ids)}
+    path = run / NATIVE_NAME
+    partial = path.with_name(path.name + ".partial")
+    view = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(arrays), 3, layout.canvas, layout.canvas))
+    filled = np.zeros(len(arrays), bool)
+    for batch in stream_batches(sources, layout, batch_size, workers, None, max_pixels):
+        for sample, pixels in zip(batch.ids, batch.images):
+            row = row_of.get(sample)
+            if row is not None:  # a sample unreadable at embed time stays out of both
+                view[row] = pixels
+                filled[row] = True
+        advance(len(batch.ids) + len(batch.skipped))
+    if not filled.all():
+        missing = arrays.ids[int(np.argmin(filled))]
+        raise RuntimeError(f"{missing.source}:{missing.key} was read at embed time but not when decoding the native view: did the data change during the scan?")
+    view.flush()
+    del view
+    os.replace(partial, path)
+    return open_native_view(run)
+
+
+def open_native_view(run: RunFolder) -> np.ndarray:
+    return np.load(run / NATIVE_NAME, mmap_mode="r")

@@ -154,11 +154,15 @@ def scan(
         semantic = execute(run, array_stage(run, "semantic", semantic_key, lambda: spherical_kmeans(arrays.embeddings, config.semantic_clusters or semantic_cluster_count(len(arrays)), seed=config.seed).assignments.astype(np.int32)), len(arrays), timings)
 
         # detectors: each registered one the method selects, run as a stage with its own key
-        inputs = DetectorInputs(arrays, semantic, net, config, target, bar, resolution)
+        chosen = registry.selected(config.method, _is_trained(net))
+        native, native_key = None, None
+        if "mine" in chosen:
+            native, native_key = _native_view(run, sources, arrays, embed_key, resolution, config, bar, timings)
+        inputs = DetectorInputs(arrays, semantic, net, config, target, bar, resolution, native)
         detections: list[Detection] = []
-        for name in registry.selected(config.method, _is_trained(net)):
+        for name in chosen:
             found = registry.detector(name)
-            key = stable_hash(semantic_key, name, found.settings(config), resolution)
+            key = stable_hash(semantic_key, name, found.settings(config), resolution, *((native_key,) if name == "mine" and native_key else ()))
             detections.append(execute(run, detection_stage(run, f"detect-{name}", key, lambda found=found: found.run(inputs)), len(arrays), timings))
         detection = combine(detections)
 
@@ -324,6 +328,25 @@ def _progress(enabled: bool):
             return Text(f"{speed:,.0f}/s" if speed else "", style="cyan")
 
     return Progress(SpinnerColumn(), TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+
+
+def _native_view(run, sources, arrays, embed_key: str, resolution: int, config, bar, timings):
+    """The scan's native view (`ssl_guard.detect.native`) and its stage key, or (None, None) when
+    its photos share one size; decoded once and kept in the run folder."""
+    from ssl_guard.data import native_scale
+    from ssl_guard.detect.embed import build_native_view, open_native_view
+    from ssl_guard.detect.native import NativeView
+
+    layout = native_scale(arrays.sizes, resolution)
+    if layout is None:
+        return None, None
+    key = stable_hash(embed_key, layout.factor, layout.canvas)
+    if not run.done("native", key):
+        clock = time.perf_counter()
+        build_native_view(run, sources, arrays, layout, config.batch_size, config.workers, config.max_pixels, _task(bar, "native view", len(arrays)))
+        run.finish("native", key, time.perf_counter() - clock, len(arrays), factor=layout.factor, canvas=layout.canvas)
+    timings["native"] = (run.record("native").seconds, len(arrays))
+    return NativeView(open_native_view(run), layout, list(arrays.sizes)), key
 
 
 def _task(bar, name: str, total: int | None):

@@ -35,7 +35,8 @@ Selection = Literal["always", "trained", "never"]
 class DetectorInputs:
     """What every detector may read: the scan's arrays (image cache and embeddings), the semantic
     cluster of each sample, the threat-model encoder, the scan config, the device, the progress
-    bar (or None) and the scan resolution."""
+    bar (or None), the scan resolution and, for photos of mixed sizes, the native view
+    (`ssl_guard.detect.native`)."""
 
     arrays: Any
     semantic: np.ndarray
@@ -44,6 +45,7 @@ class DetectorInputs:
     device: Any
     progress: Any
     resolution: int
+    native: Any = None  # a `NativeView` when the photos differ in size (patch detectors read it)
 
 
 class Detector:

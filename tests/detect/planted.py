@@ -87,3 +87,39 @@ def _add_image(tar: tarfile.TarFile, key: str, pixels: np.ndarray, label: int) -
     Image.fromarray(pixels).save(png, format="PNG")
     synthetic.add_tar_member(tar, f"{key}.png", png.getvalue())
     synthetic.add_tar_member(tar, f"{key}.cls", str(label).encode())
+
+
+def write_mixed_size_shards(root: Path, n: int, poisons: int, trigger_px: int = 20, seed: int = 0, per_shard: int = 60) -> tuple[Path, dict[tuple[str, str], tuple[int, int, int, int] | None]]:
+    """Shards of `n` generated scenes of mixed sizes (short side 96-192 px, aspect 3:4 to 4:3), as
+    photos of real sizes are; `poisons` of them (class 0) carry one `trigger_px`-px trigger pasted
+    at that fixed pixel size, as on ImageNet. At a 64 px square scan the copies then range from
+    about 13 to 6 px. Returns the shard folder and {(shard, key): the trigger's box in the photo's
+    own pixels, or None}."""
+    rng = np.random.default_rng(seed)
+    trigger = synthetic.trigger_patch(seed=5, size=trigger_px)
+    chosen = set(rng.choice(n // 4, poisons, replace=False).tolist())
+    folder = Path(root) / "shards"
+    folder.mkdir(parents=True)
+    answer: dict[tuple[str, str], tuple[int, int, int, int] | None] = {}
+    for shard, start in enumerate(range(0, n, per_shard)):
+        name = f"part-{shard:03d}.tar"
+        with tarfile.open(folder / name, "w") as tar:
+            for i in range(start, min(n, start + per_shard)):
+                label = 0 if i < n // 4 else 1 + i % 3
+                short, aspect = int(rng.integers(96, 193)), float(rng.uniform(0.75, 4 / 3))
+                w, h = (round(short * aspect), short) if aspect >= 1 else (short, round(short / aspect))
+                scene = np.asarray(synthetic.scene(rng, label, 192).resize((w, h), Image.BILINEAR), dtype=np.float64)
+                # sensor-like grain at the photo's own size: a smooth render alone would make the
+                # scan's measured resampling tolerance far tighter than any photo's
+                grain = np.asarray(Image.fromarray(rng.normal(0, 1, (h // 3, w // 3)).astype(np.float32)).resize((w, h), Image.BICUBIC))
+                image = Image.fromarray(np.clip(scene + 24 * grain[..., None], 0, 255).astype(np.uint8))
+                box = None
+                if i in chosen:
+                    x = int(rng.integers(w // 4, w - trigger_px - w // 8))
+                    y = int(rng.integers(h // 4, h - trigger_px - h // 8))
+                    image.paste(trigger, (x, y))
+                    box = (x, y, x + trigger_px, y + trigger_px)
+                key = f"img{i:05d}"
+                _add_image(tar, key, np.asarray(image), label)
+                answer[(name, key)] = box
+    return folder, answer

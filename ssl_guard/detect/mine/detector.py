@@ -148,7 +148,7 @@ def _plate_seeds(images: np.ndarray, regions: Regions, members: np.ndarray):
     yield "plate", template
 
 
-def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: MineConfig | None = None, device: str | torch.device = "cpu", progress=None) -> Detection:
+def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: MineConfig | None = None, device: str | torch.device = "cpu", progress=None, photo_side: int | None = None) -> Detection:
     """Run the `mine` detector over a scan's image cache.
 
     Args:
@@ -156,6 +156,10 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
         semantic: (N,) int semantic cluster of each image, for the targeted / untargeted readout;
             None skips it.
         progress: optional rich Progress; one task per step.
+        photo_side: the side, in pixels of `images`, that settings given as a share of the side
+            (`window`) refer to; default the images' side. The native view of photos of mixed
+            sizes (`ssl_guard.detect.native`) passes the scan resolution: its canvas is larger
+            than the median photo, which the resolution measures.
 
     Returns:
         a `Detection`; a sample's score is 1 at an exact copy of a bank pattern, 0.5 at the
@@ -186,7 +190,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
 
     clock = time.perf_counter()
     tolerance = resampling_tolerance(images, rng.choice(n, min(n, 512), replace=False))
-    half = max(3, int(round(config.window * resolution)))
+    half = max(3, int(round(config.window * (photo_side or resolution))))
     evidence, region = pair_agreement(images, points, a, b, tolerance, half, advance=stage("mine: agreement", len(a)))
     seconds["agreement"] = time.perf_counter() - clock
 

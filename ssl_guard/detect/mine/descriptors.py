@@ -38,13 +38,19 @@ class Keypoints:
 _REFINE = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 10, 0.01)
 
 
-def image_keypoints(image: np.ndarray, count: int, patch: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
+def image_keypoints(image: np.ndarray, count: int, patch: int, margin: int, region: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The `count` strongest corners of one (R, R, 3) float32 image, refined to sub-pixel, at least
-    `margin` px inside the border, with the (count', patch * patch * 3) raw colour patches."""
+    `margin` px inside the border, with the (count', patch * patch * 3) raw colour patches.
+    `region` (x0, y0, w, h): take corners inside it only (the photo on a padded canvas)."""
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    mask = None
+    if region is not None:
+        x0, y0, w, h = (int(v) for v in region)
+        mask = np.zeros(gray.shape, np.uint8)
+        mask[max(0, y0) : y0 + h, max(0, x0) : x0 + w] = 255
     # quality 0.005 of the strongest corner: low, so that a low-contrast pattern in a contrasted
     # photo still gets keypoints; `count` caps the total
-    corners = cv2.goodFeaturesToTrack(gray, count, 0.005, 2, blockSize=3)
+    corners = cv2.goodFeaturesToTrack(gray, count, 0.005, 2, blockSize=3, mask=mask)
     if corners is None:
         return np.zeros((0, 2), np.float32), np.zeros((0, patch * patch * 3), np.float32)
     corners = cv2.cornerSubPix(gray, corners, (2, 2), (-1, -1), _REFINE)[:, 0]
@@ -55,13 +61,20 @@ def image_keypoints(image: np.ndarray, count: int, patch: int, margin: int) -> t
     return corners.astype(np.float32), np.array(patches, np.float32).reshape(len(corners), -1)
 
 
-def describe(images: np.ndarray, rows: np.ndarray, count: int, patch: int, dims: int, advance=lambda k: None) -> Keypoints:
-    """Keypoints and whitened descriptors of the images `rows` of `images` (N, 3, R, R) uint8."""
+def describe(images: np.ndarray, rows: np.ndarray, count: int, patch: int, dims: int, advance=lambda k: None, regions: np.ndarray | None = None) -> Keypoints:
+    """Keypoints and whitened descriptors of the images `rows` of `images` (N, 3, R, R) uint8.
+
+    `regions` (N, 4) x0, y0, w, h: where each image's photo lies on its canvas (the native view of
+    photos of mixed sizes pads each photo by reflecting it). Corners are then taken on the photo
+    only: the reflection's folds are the strongest corners of many canvases, and since the
+    detector's quality level is a share of the strongest corner, they would silence the faint
+    corners of a pattern (on the zoo's real-size grid, dev seed 0: 0.36 corners per copy on the
+    trigger, 69% of copies with none; on the photo only: 1.62, 42%)."""
     margin = patch // 2 + 1
     points, patches, owner = [], [], []
     for row in rows.tolist():
         image = np.ascontiguousarray(images[row].transpose(1, 2, 0), dtype=np.float32) / 255.0
-        xy, raw = image_keypoints(image, count, patch, margin)
+        xy, raw = image_keypoints(image, count, patch, margin, None if regions is None else regions[row])
         points.append(xy)
         patches.append(raw)
         owner.append(np.full(len(xy), row, np.int64))

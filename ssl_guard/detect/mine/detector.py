@@ -148,7 +148,7 @@ def _plate_seeds(images: np.ndarray, regions: Regions, members: np.ndarray):
     yield "plate", template
 
 
-def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: MineConfig | None = None, device: str | torch.device = "cpu", progress=None, photo_side: int | None = None) -> Detection:
+def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: MineConfig | None = None, device: str | torch.device = "cpu", progress=None, photo_side: int | None = None, regions: np.ndarray | None = None) -> Detection:
     """Run the `mine` detector over a scan's image cache.
 
     Args:
@@ -160,6 +160,8 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             (`window`) refer to; default the images' side. The native view of photos of mixed
             sizes (`ssl_guard.detect.native`) passes the scan resolution: its canvas is larger
             than the median photo, which the resolution measures.
+        regions: (N, 4) x0, y0, w, h of each photo on its canvas (the native view); keypoints are
+            taken on the photo only, not on the reflected padding.
 
     Returns:
         a `Detection`; a sample's score is 1 at an exact copy of a bank pattern, 0.5 at the
@@ -181,7 +183,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
 
     clock = time.perf_counter()
     mined = np.sort(rng.choice(n, min(n, config.mining_images), replace=False))
-    points = describe(images, mined, config.keypoints_per_image, config.patch, config.dims, stage("mine: keypoints", len(mined)))
+    points = describe(images, mined, config.keypoints_per_image, config.patch, config.dims, stage("mine: keypoints", len(mined)), regions)
     seconds["keypoints"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

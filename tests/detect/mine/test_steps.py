@@ -63,6 +63,24 @@ def test_keypoints_land_at_the_same_spot_of_every_copy():
     assert set.intersection(*local), "and at least one at the same spot of the pattern in all six"
 
 
+def test_keypoints_of_a_padded_canvas_are_taken_on_the_photo_only():
+    # a faint pattern on the photo (x 16-47, y 12-51), and outside it the strong corners of a
+    # padding's folds: the corner detector's quality level, a share of the strongest corner, drops
+    # the faint corners unless the padding is left out
+    canvas = np.full((1, 3, 64, 64), 128, np.uint8)
+    canvas[0, :, :12, :32] = 255
+    canvas[0, :, 52:, 32:] = 0
+    faint = (_pattern(10, seed=3).astype(np.int16) * 14 // 255 + 121).astype(np.uint8)
+    canvas[0, :, 24:34, 26:36] = faint
+    region = np.array([[16, 12, 32, 40]])
+    on_photo = describe(canvas, np.arange(1), 64, 7, 8, regions=region)
+    assert len(on_photo) >= 3, "the faint pattern gets corners"
+    assert ((on_photo.x >= 16) & (on_photo.x < 48) & (on_photo.y >= 12) & (on_photo.y < 52)).all()
+    everywhere = describe(canvas, np.arange(1), 64, 7, 8)
+    near_pattern = (np.abs(everywhere.x - 30.5) < 7) & (np.abs(everywhere.y - 28.5) < 7)
+    assert near_pattern.sum() < len(on_photo), "without the region the folds silence the faint corners"
+
+
 def test_copies_are_each_others_nearest_keypoints_and_agree_pixel_for_pixel():
     images, _ = _with_pattern(_noise_images(40), range(8))
     points = describe(images, np.arange(40), 32, 7, 32)

@@ -449,9 +449,10 @@ def native_scale(sizes: Sequence[tuple[int, int]], resolution: int) -> NativeSca
     2 R (4x the pixels); larger photos are shrunk to fit. None when every photo's width and every
     photo's height lie within 2^(1/8) of each other: a fixed-pixel trigger's copies then differ in
     size by less than the half-step of the quarter-octave grid the detectors match scaled copies
-    on (`ssl_guard.detect.mine.scoring.SCALES`), and the square cache is used as it is."""
+    on (`ssl_guard.detect.mine.scoring.SCALES`), and the square cache is used as it is; None too
+    when a photo's size is unknown (0, 0: unit files written before sizes were kept)."""
     known = np.array([s for s in sizes if s[0] > 0 and s[1] > 0], dtype=np.float64).reshape(-1, 2)
-    if len(known) == 0:
+    if len(known) < len(sizes) or len(known) == 0:  # a photo of unknown size could not be placed
         return None
     spread = known.max(axis=0) / known.min(axis=0)
     if float(spread.max()) <= 2 ** 0.125:

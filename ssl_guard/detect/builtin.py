@@ -38,7 +38,7 @@ class MineDetector(_PixelDetector):
         # photos of mixed sizes: mined on the native view, where a fixed-pixel trigger keeps one size
         if inputs.native is None:
             return super().run(inputs)
-        found = self.detect()(inputs.native.images, inputs.semantic, self.settings(inputs.config), inputs.device, inputs.progress, photo_side=inputs.resolution, regions=inputs.native.placements())
+        found = self.detect()(inputs.native.images, inputs.semantic, self.settings(inputs.config), inputs.device, inputs.progress, photo_side=inputs.resolution, photos=inputs.native.placements())
         return inputs.native.to_cache(found, inputs.resolution)
 
 

@@ -34,11 +34,15 @@ class NativeView:
     def boxes_to_cache(self, boxes: np.ndarray, rows: np.ndarray, resolution: int) -> np.ndarray:
         """Canvas boxes (x0, y0, x1, y1) of photos `rows` in square-cache pixels; -1 rows stay -1."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        missing = (boxes < 0).any(axis=1)
         place = self.placements()[np.asarray(rows, dtype=np.int64)]
+        # a box is clipped to its photo first: the canvas's padding maps to nothing in the cache
+        low, high = np.tile(place[:, :2], 2), np.tile(place[:, :2] + place[:, 2:], 2)
+        boxes = np.clip(boxes, low, high)
         sx, sy = resolution / place[:, 2], resolution / place[:, 3]
         out = np.stack([(boxes[:, 0] - place[:, 0]) * sx, (boxes[:, 1] - place[:, 1]) * sy, (boxes[:, 2] - place[:, 0]) * sx, (boxes[:, 3] - place[:, 1]) * sy], 1)
         out = np.clip(np.round(out), 0, resolution).astype(np.int32)
-        out[(boxes < 0).any(axis=1)] = -1
+        out[missing] = -1
         return out
 
     def map_to_cache(self, heat: np.ndarray, row: int, resolution: int) -> np.ndarray:

@@ -104,7 +104,7 @@ def build_report(run: RunFolder, sources, arrays: ScanArrays, detection: Detecti
         overlay = trigger = None
         if row in detection.maps:
             overlay = save_png(overlay_map(image, np.asarray(detection.maps[row], np.float32)), assets / f"suspect_{rank:03d}_map.png", scale=4)
-        if box:
+        if box and box[2] > box[0] and box[3] > box[1]:  # an empty box has no crop to show
             x0, y0, x1, y1 = box
             trigger = save_png(image[:, y0:y1, x0:x1], assets / f"suspect_{rank:03d}_trigger.png", scale=8)
         identity = arrays.ids[row]

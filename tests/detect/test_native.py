@@ -20,6 +20,7 @@ def test_photos_of_one_size_keep_the_square_cache():
     assert native_scale([(224, 224)] * 10, 64) is None
     assert native_scale([(500, 375)] * 5 + [(505, 378)] * 5, 64) is None  # within 2^(1/8)
     assert native_scale([(0, 0)] * 3, 64) is None  # sizes unknown
+    assert native_scale([(256, 256), (512, 400), (0, 0)], 64) is None  # one photo could not be placed
 
 
 def test_mixed_sizes_map_the_median_short_side_to_the_resolution():
@@ -34,7 +35,7 @@ def test_the_canvas_is_capped_and_a_photo_too_large_is_shrunk_to_fit():
     layout = native_scale([(100, 100)] * 50 + [(2000, 1000)], 64)
     assert layout.canvas <= 128
     x0, y0, w, h = layout.placement(2000, 1000)
-    assert w <= layout.canvas and h <= layout.canvas and x0 >= 0 and y0 >= 0
+    assert w == layout.canvas and abs(h - layout.canvas / 2) <= 1 and x0 == 0 and y0 == (layout.canvas - h) // 2
 
 
 def test_a_photo_is_centred_at_one_factor_and_padded_with_its_own_reflection():
@@ -68,6 +69,57 @@ def test_a_fixed_pixel_trigger_has_one_size_in_the_view_and_boxes_map_back_to_th
     assert np.allclose(cache[0], [100 * 64 / 300, 60 * 64 / 200, 140 * 64 / 300, 100 * 64 / 200], atol=1)
     assert np.allclose(cache[1], [50 * 64 / 150, 60 * 64 / 200, 90 * 64 / 150, 100 * 64 / 200], atol=1)
     assert (view.boxes_to_cache(np.array([[-1, -1, -1, -1]]), np.array([0]), 64) == -1).all()
+    # a box reaching into the padding is cut at the photo's edge
+    x0, y0, w, h = layout.placement(300, 200)
+    assert view.boxes_to_cache(np.array([[x0 + w - 10, y0 - 5, x0 + w + 3, y0 + 10]]), np.array([0]), 64).tolist() == [[round((w - 10) * 64 / w), 0, 64, round(10 * 64 / h)]]
+
+
+def test_a_match_map_is_read_over_the_photo_only():
+    layout = NativeScale(factor=0.5, canvas=40)
+    view = NativeView(np.zeros((1, 3, 40, 40), np.uint8), layout, [(60, 40)])
+    heat = np.zeros((40, 40), np.float32)
+    x0, y0, w, h = layout.placement(60, 40)
+    heat[y0 : y0 + h // 2, x0 : x0 + w // 2] = 1.0  # the photo's top-left quarter
+    heat[:y0] = 0.7  # the padding above it
+    out = view.map_to_cache(heat, 0, 64).astype(np.float32)
+    assert out.shape == (64, 64)
+    assert out[:30, :30].min() > 0.9 and out[34:, 34:].max() < 0.1 and (out < 0.6).any()
+
+
+def test_a_mirrored_twin_in_the_padding_is_not_a_match():
+    from ssl_guard.detect.mine.scoring import match_maps, residuals
+    import torch
+
+    # a mirror-symmetric checker 2 px from the top-left corner of each photo: the reflected
+    # padding holds an exact twin of it up and to the left, which raster order would pick first
+    rng = np.random.default_rng(4)
+    layout = NativeScale(factor=1.0, canvas=64)
+    checker = (np.add.outer(np.arange(9) // 3, np.arange(9) // 3) % 2 * 255).astype(np.uint8)
+    sizes, canvases = [], []
+    for k in range(6):
+        w, h = int(rng.integers(44, 60)), int(rng.integers(30, 38))  # padding of 13-17 px above
+        photo = rng.integers(60, 200, (h, w, 3)).astype(np.uint8)
+        photo[2:11, 2:11] = checker[..., None]
+        sizes.append((w, h))
+        canvases.append(layout.array(Image.fromarray(photo)))
+    images = np.stack(canvases)
+    view = NativeView(images, layout, sizes)
+    photos = view.placements()
+    template = torch.from_numpy(checker[None].repeat(3, 0).astype(np.float32) / 255)
+    _, free = residuals(images, np.arange(6), [template], 6, torch.device("cpu"))
+    _, kept = residuals(images, np.arange(6), [template], 6, torch.device("cpu"), photos=photos)
+    truth = photos[:, [1, 0]] + 2  # (y, x) of the checker's top-left on each canvas
+    assert (np.abs(free[:, 0] - truth).max(axis=1) > 2).sum() >= 3, "without the photos a twin wins"
+    assert np.abs(kept[:, 0] - truth).max() <= 1, "on the photo only the copy is found"
+    boxes = np.concatenate([kept[:, 0, ::-1], kept[:, 0, ::-1] + 9], axis=1)
+    cache = view.boxes_to_cache(boxes, np.arange(6), 64)
+    assert ((cache[:, 2] > cache[:, 0]) & (cache[:, 3] > cache[:, 1])).all()
+    maps = match_maps(images, np.arange(6), [template], np.zeros(6, np.int64), np.array([0.5]), torch.device("cpu"), photos=photos)
+    for row, heat in maps.items():
+        x0, y0, w, h = (int(v) for v in photos[row])
+        outside = np.ones(heat.shape, bool)
+        outside[y0 : y0 + h, x0 : x0 + w] = False
+        assert float(heat[outside].max()) < 0.5 < float(heat[~outside].max())
 
 
 def _iou(a, b) -> float:

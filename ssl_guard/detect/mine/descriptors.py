@@ -45,9 +45,11 @@ def image_keypoints(image: np.ndarray, count: int, patch: int, margin: int, regi
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     mask = None
     if region is not None:
+        # the corner response at a pixel reads its 5 x 5 neighbourhood (3 x 3 derivatives summed
+        # over a 3 x 3 block), so the photo's outer 2 px see the padding too: left out
         x0, y0, w, h = (int(v) for v in region)
         mask = np.zeros(gray.shape, np.uint8)
-        mask[max(0, y0) : y0 + h, max(0, x0) : x0 + w] = 255
+        mask[max(0, y0 + 2) : y0 + h - 2, max(0, x0 + 2) : x0 + w - 2] = 255
     # quality 0.005 of the strongest corner: low, so that a low-contrast pattern in a contrasted
     # photo still gets keypoints; `count` caps the total
     corners = cv2.goodFeaturesToTrack(gray, count, 0.005, 2, blockSize=3, mask=mask)

@@ -70,7 +70,7 @@ class MineConfig(pydantic.BaseModel):
         return MineConfig(**values)
 
 
-def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, template: torch.Tensor, config: MineConfig, device: torch.device, tolerance: float) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, template: torch.Tensor, config: MineConfig, device: torch.device, tolerance: float, photos: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Match `template` in the images `probe` (its first `sampled` rows a random sample of the
     scan, the rest the candidate group's images); the null is fitted on the random sample only.
 
@@ -80,7 +80,7 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
     `null["smoothed"]` says which."""
     # a template under SMOOTHED_FROM px is matched as it is in both forms: match it once
     smoothed = [False, True] if min(template.shape[1:]) >= SMOOTHED_FROM else [False]
-    residual, corner = residuals(images, probe, [template] * len(smoothed), config.batch_size, device, smoothed=smoothed)
+    residual, corner = residuals(images, probe, [template] * len(smoothed), config.batch_size, device, smoothed=smoothed, photos=photos)
     forms = []
     for f in range(len(smoothed)):
         column = residual[:, f]
@@ -148,7 +148,7 @@ def _plate_seeds(images: np.ndarray, regions: Regions, members: np.ndarray):
     yield "plate", template
 
 
-def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: MineConfig | None = None, device: str | torch.device = "cpu", progress=None, photo_side: int | None = None, regions: np.ndarray | None = None) -> Detection:
+def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: MineConfig | None = None, device: str | torch.device = "cpu", progress=None, photo_side: int | None = None, photos: np.ndarray | None = None) -> Detection:
     """Run the `mine` detector over a scan's image cache.
 
     Args:
@@ -160,8 +160,9 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             (`window`) refer to; default the images' side. The native view of photos of mixed
             sizes (`ssl_guard.detect.native`) passes the scan resolution: its canvas is larger
             than the median photo, which the resolution measures.
-        regions: (N, 4) x0, y0, w, h of each photo on its canvas (the native view); keypoints are
-            taken on the photo only, not on the reflected padding.
+        photos: (N, 4) x0, y0, w, h of each photo on its canvas (the native view); keypoints are
+            taken on the photo only, not on the reflected padding, and a pattern is matched only
+            at windows centred on the photo (`scoring.on_photo`).
 
     Returns:
         a `Detection`; a sample's score is 1 at an exact copy of a bank pattern, 0.5 at the
@@ -183,7 +184,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
 
     clock = time.perf_counter()
     mined = np.sort(rng.choice(n, min(n, config.mining_images), replace=False))
-    points = describe(images, mined, config.keypoints_per_image, config.patch, config.dims, stage("mine: keypoints", len(mined)), regions)
+    points = describe(images, mined, config.keypoints_per_image, config.patch, config.dims, stage("mine: keypoints", len(mined)), photos)
     seconds["keypoints"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -236,7 +237,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
         for kind, template in seeds:
             if template is None:
                 continue
-            null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device, tolerance)
+            null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device, tolerance, photos)
             hosts = residual < null["threshold"]
             if hosts.sum() < 3:
                 verdict = "seed matches too few images"
@@ -249,7 +250,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
                 if better is None:
                     break
                 distinct = True  # the hosts agree on a block and not around it
-                trial_null, trial_residual, trial_corner = _test_pattern(images, probe, len(sample), n, better, config, device, tolerance)
+                trial_null, trial_residual, trial_corner = _test_pattern(images, probe, len(sample), n, better, config, device, tolerance, photos)
                 trial_hosts = trial_residual < trial_null["threshold"]
                 if trial_hosts.sum() < 3 or (refined is not None and trial_hosts.sum() <= hosts.sum()):
                     break
@@ -305,7 +306,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     # each pattern at its own scale and at `SCALES`, matched in one pass over the scan
     forms = [(t, t_index, 1.0) for t_index, t in enumerate(templates)]
     forms += [(scaled(t, s), t_index, s) for t_index, t in enumerate(templates) for s in SCALES]
-    residual, corner = residuals(images, np.arange(n), [f[0] for f in forms], config.batch_size, device, stage("mine: score", n), smoothed=[smoothed[f[1]] for f in forms])
+    residual, corner = residuals(images, np.arange(n), [f[0] for f in forms], config.batch_size, device, stage("mine: score", n), smoothed=[smoothed[f[1]] for f in forms], photos=photos)
     # a smooth pattern's line can reach a flat patch's residual of 1: there, as in verification,
     # only windows that agree with the template pixel for pixel are hosts (`keep_agreeing`)
     for t, (_, row) in enumerate(accepted):
@@ -366,7 +367,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             evidence=row,
         ))
     # each map shows the form (pattern and scale) the sample's score came from
-    maps = match_maps(images, np.argsort(-scores, kind="stable")[: config.report_maps], [f[0] for f in forms], used, lines, device, [smoothed[f[1]] for f in forms])
+    maps = match_maps(images, np.argsort(-scores, kind="stable")[: config.report_maps], [f[0] for f in forms], used, lines, device, [smoothed[f[1]] for f in forms], photos)
     seconds["score"] = time.perf_counter() - clock
     details["pattern_of_sample"] = which
     return Detection("mine", scores, flagged, boxes, 0.5, bank, maps, seconds, warnings, details)

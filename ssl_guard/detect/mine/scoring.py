@@ -118,11 +118,12 @@ def matched_form(template: torch.Tensor, smoothed: bool) -> tuple[torch.Tensor, 
     return smooth(template[None])[0, :, 1:-1, 1:-1].contiguous(), True
 
 
-def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], batch_size: int, device: torch.device, advance: Callable[[int], None] = lambda k: None, smoothed: list[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], batch_size: int, device: torch.device, advance: Callable[[int], None] = lambda k: None, smoothed: list[bool] | None = None, photos: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Best residual of each template in each image of `rows`: (len(rows), T) float32, and the
     best window's top-left corner (len(rows), T, 2) int32 as (y, x), in the template's own
     coordinates (the smoothed form's offset undone, clipped to the image). `smoothed[t]`: match
-    template t in its smoothed form (`matched_form`); default: every template as it is."""
+    template t in its smoothed form (`matched_form`); default: every template as it is.
+    `photos` (N, 4) x0, y0, w, h: only windows centred on the image's photo count (`on_photo`)."""
     out = np.full((len(rows), len(templates)), np.inf, np.float32)
     corner = np.zeros((len(rows), len(templates), 2), np.int32)
     forms = [matched_form(t.to(device), bool(smoothed[i]) if smoothed is not None else False) for i, t in enumerate(templates)]
@@ -132,6 +133,8 @@ def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor
         smoothed_pixels = smooth(pixels) if any(f[1] for f in forms) else None
         for t, (template, is_smoothed) in enumerate(forms):
             residual = phase_residual(smoothed_pixels if is_smoothed else pixels, template)
+            if photos is not None:
+                residual = residual.masked_fill(~on_photo(photos[chunk], residual.shape, template.shape[1:], int(is_smoothed), residual.device), float("inf"))
             b, h, w = residual.shape
             value, flat = residual.reshape(b, -1).min(dim=1)
             out[start : start + len(chunk), t] = value.cpu().numpy()
@@ -140,6 +143,25 @@ def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor
             corner[start : start + len(chunk), t, 1] = np.maximum((flat % w).cpu().numpy() - shift, 0)
         advance(len(chunk))
     return out, corner
+
+
+def on_photo(photos: np.ndarray, shape: tuple[int, int, int], size: tuple[int, int], shift: int, device) -> torch.Tensor:
+    """(B, H', W') bool: the match positions whose window (a template of `size`, its top-left at
+    the position plus `shift`) is centred on the image's photo, `photos` (B, 4) x0, y0, w, h.
+
+    On the native view (`ssl_guard.detect.native`) each photo is padded by reflecting it, so a
+    trigger near an edge has a mirrored twin in the padding, and a photo narrower than the padding
+    has translated copies there; a window centred off the photo would be reported at a box that
+    maps to nothing in the square cache. A twin's centre is the mirror image of the copy's, off
+    the photo, so this keeps the copy and drops its twins."""
+    b, rows, cols = shape
+    h, w = size
+    place = torch.as_tensor(np.asarray(photos, dtype=np.float32).reshape(-1, 4), device=device)
+    cy = torch.arange(rows, device=device, dtype=torch.float32) + shift + h / 2.0
+    cx = torch.arange(cols, device=device, dtype=torch.float32) + shift + w / 2.0
+    in_y = (cy[None] >= place[:, 1:2]) & (cy[None] <= place[:, 1:2] + place[:, 3:4])
+    in_x = (cx[None] >= place[:, 0:1]) & (cx[None] <= place[:, 0:1] + place[:, 2:3])
+    return in_y[:, :, None] & in_x[:, None, :]
 
 
 def _agreement_reference(template: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -344,7 +366,7 @@ def acceptable(null: dict[str, float], max_lookalike_ratio: float) -> bool:
     return pattern_verdict(float("inf"), null, 0, max_lookalike_ratio) == "accepted"
 
 
-def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], which: np.ndarray, thresholds: np.ndarray, device: torch.device, smoothed: list[bool] | None = None) -> dict[int, np.ndarray]:
+def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], which: np.ndarray, thresholds: np.ndarray, device: torch.device, smoothed: list[bool] | None = None, photos: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Where in each image its best pattern matches: row -> (R, R) float16 in [0, 1], 1 where the
     window centred there is an exact copy, 0 at twice the pattern's threshold and beyond."""
     maps: dict[int, np.ndarray] = {}
@@ -352,8 +374,10 @@ def match_maps(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tenso
         t = int(which[row])
         template, is_smoothed = matched_form(templates[t].to(device), bool(smoothed[t]) if smoothed is not None else False)
         pixels = as_float(images[row : row + 1], device)
-        residual = match_residual(smooth(pixels) if is_smoothed else pixels, template)[0]
-        heat = (1.0 - residual / (2 * float(thresholds[t]))).clamp(0, 1)
+        residual = match_residual(smooth(pixels) if is_smoothed else pixels, template)
+        if photos is not None:
+            residual = residual.masked_fill(~on_photo(photos[row : row + 1], residual.shape, template.shape[1:], int(is_smoothed), residual.device), float("inf"))
+        heat = (1.0 - residual[0] / (2 * float(thresholds[t]))).clamp(0, 1)
         h, w = template.shape[1:]
         full = torch.zeros(images.shape[-2:], device=heat.device)
         full[h // 2 : h // 2 + heat.shape[0], w // 2 : w // 2 + heat.shape[1]] = heat

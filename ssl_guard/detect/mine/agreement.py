@@ -92,6 +92,7 @@ def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.n
     lookup[used] = np.arange(len(used))
     pixels = smooth(as_float(images[used])) if len(used) else torch.zeros((0, 3, 1, 1))
     padded, size = pad_for_windows(pixels, half), images.shape[-1]
+    del pixels  # one float copy of the mined images held through the loop, not two
     px, py = torch.from_numpy(points.x), torch.from_numpy(points.y)
     evidence = np.zeros(len(a), np.float32)
     boxes = np.zeros((len(a), 4), np.int32)

@@ -79,40 +79,8 @@ def _dilate(region: torch.Tensor) -> torch.Tensor:
     return tall
 
 
-def _align(padded: torch.Tensor, size: int, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, reference: torch.Tensor, half: int, steps: int, reach: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Refine the sub-pixel positions (x, y) in images `rows` so that their windows match
-    `reference` (n, 3, W, W) over the central (2 reach + 1)^2 pixels: Gauss-Newton steps on the
-    squared difference (Lucas-Kanade), each at most half a pixel, in all at most one pixel."""
-    x0, y0 = x.clone(), y.clone()
-    c = slice(half - reach, half + reach + 1)
-    left, right = slice(half - reach - 1, half + reach), slice(half - reach + 1, half + reach + 2)
-    target = reference[:, :, c, c]
-    for _ in range(steps):
-        window, _ = _windows(padded, size, rows, x, y, half)
-        gx = (window[:, :, c, right] - window[:, :, c, left]) / 2
-        gy = (window[:, :, right, c] - window[:, :, left, c]) / 2
-        r = window[:, :, c, c] - target
-        sxx, syy, sxy = (gx * gx).sum((1, 2, 3)), (gy * gy).sum((1, 2, 3)), (gx * gy).sum((1, 2, 3))
-        bx, by = (gx * r).sum((1, 2, 3)), (gy * r).sum((1, 2, 3))
-        det = sxx * syy - sxy * sxy
-        ok = det > 1e-9
-        det = torch.where(ok, det, torch.ones_like(det))
-        dx = torch.where(ok, -(syy * bx - sxy * by) / det, torch.zeros_like(det)).clamp(-0.5, 0.5)
-        dy = torch.where(ok, -(sxx * by - sxy * bx) / det, torch.zeros_like(det)).clamp(-0.5, 0.5)
-        x = torch.minimum(torch.maximum(x + dx, x0 - 1), x0 + 1).clamp(0, size - 1)
-        y = torch.minimum(torch.maximum(y + dy, y0 - 1), y0 + 1).clamp(0, size - 1)
-    return x, y
-
-
-def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.ndarray, tolerance: float, half: int, batch: int = 4096, advance=lambda k: None, align_steps: int = 2, align_reach: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.ndarray, tolerance: float, half: int, batch: int = 4096, advance=lambda k: None) -> tuple[np.ndarray, np.ndarray]:
     """Evidence and agreeing-region box of each correspondence (points a[i], points b[i]).
-
-    Keypoint b's sub-pixel position is first aligned to a's window (`_align`, `align_steps`
-    Gauss-Newton steps over the central (2 `align_reach` + 1)^2 pixels): two copies' corners land
-    up to about a pixel apart (on the zoo's real-size grid, dev `opaque-realsize-1pct/0`, a median
-    0.6 px between the two keypoints of a copy pair, relative to their triggers), and on a
-    contrasted pattern that alone puts their windows' difference far above the resampling
-    tolerance (median 0.088 at the keypoint against a tolerance of 0.022).
 
     Returns:
         evidence (n,) float32, the structure tensor's smaller eigenvalue over the agreeing region
@@ -134,10 +102,7 @@ def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.n
         ra = torch.from_numpy(lookup[points.image[a[start : start + batch]]])
         rb = torch.from_numpy(lookup[points.image[b[start : start + batch]]])
         wa, ina = _windows(padded, size, ra, px[sa], py[sa], half)
-        xb, yb = px[sb], py[sb]
-        if align_steps:
-            xb, yb = _align(padded, size, rb, xb, yb, wa, half, align_steps, align_reach)
-        wb, inb = _windows(padded, size, rb, xb, yb, half)
+        wb, inb = _windows(padded, size, rb, px[sb], py[sb], half)
         valid = ina & inb
         agree = ((wa - wb).abs().mean(1) < tolerance) & valid
         region = torch.zeros_like(agree)

@@ -95,26 +95,6 @@ def test_copies_are_each_others_nearest_keypoints_and_agree_pixel_for_pixel():
     assert np.quantile(evidence[both], 0.75) > 3 * max(evidence[~both].max(), 1e-6)
 
 
-def test_keypoints_half_a_pixel_apart_on_a_contrasted_copy_are_aligned_before_agreement():
-    from PIL import Image
-
-    def scene(seed: int, shift: int) -> np.ndarray:
-        # a photo-like field at 256 px with a 40-px two-colour checkerboard, resized to 64 px:
-        # a shift of 2 px at 256 is half a pixel at 64
-        rng = np.random.default_rng(seed)
-        big = np.asarray(Image.fromarray((rng.random((6, 6, 3)) * 255).astype(np.uint8)).resize((256, 256), Image.BICUBIC)).astype(np.float32)
-        cells = np.kron(np.add.outer(np.arange(4), np.arange(4)) % 2, np.ones((10, 10)))[..., None]
-        big[100:140, 100 + shift : 140 + shift] = cells * np.array([230, 40, 200]) + (1 - cells) * np.array([30, 220, 60])
-        return np.asarray(Image.fromarray(big.clip(0, 255).astype(np.uint8)).resize((64, 64), Image.BILINEAR)).transpose(2, 0, 1)
-
-    images = np.stack([scene(0, 0), scene(1, 2)])
-    # the checkerboard's centre corner, given at the first copy's position in both images
-    points = Keypoints(np.zeros((2, 4), np.float32), np.array([0, 1]), np.array([29.9, 29.9], np.float32), np.array([29.9, 29.9], np.float32))
-    aligned, _ = pair_agreement(images, points, np.array([0]), np.array([1]), 0.02, 7)
-    as_given, _ = pair_agreement(images, points, np.array([0]), np.array([1]), 0.02, 7, align_steps=0)
-    assert as_given[0] == 0 and aligned[0] > 0
-
-
 def test_a_flat_or_one_directional_agreement_is_no_evidence():
     flat = np.full((2, 3, 32, 32), 128, np.uint8)
     edge = flat.copy()

@@ -162,7 +162,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             than the median photo, which the resolution measures.
         photos: (N, 4) x0, y0, w, h of each photo on its canvas (the native view); keypoints are
             taken on the photo only, not on the reflected padding, and a pattern is matched only
-            at windows centred on the photo (`scoring.on_photo`).
+            at windows on the photo (`scoring.on_photo`).
 
     Returns:
         a `Detection`; a sample's score is 1 at an exact copy of a bank pattern, 0.5 at the

@@ -123,7 +123,7 @@ def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor
     best window's top-left corner (len(rows), T, 2) int32 as (y, x), in the template's own
     coordinates (the smoothed form's offset undone, clipped to the image). `smoothed[t]`: match
     template t in its smoothed form (`matched_form`); default: every template as it is.
-    `photos` (N, 4) x0, y0, w, h: only windows centred on the image's photo count (`on_photo`)."""
+    `photos` (N, 4) x0, y0, w, h: only windows on the image's photo count (`on_photo`)."""
     out = np.full((len(rows), len(templates)), np.inf, np.float32)
     corner = np.zeros((len(rows), len(templates), 2), np.int32)
     forms = [matched_form(t.to(device), bool(smoothed[i]) if smoothed is not None else False) for i, t in enumerate(templates)]
@@ -157,14 +157,18 @@ def on_photo(photos: np.ndarray, shape: tuple[int, int, int], size: tuple[int, i
     shares at that place: on test `opaque-realsize-1pct/10` two such patterns at canvas corners
     were accepted with 10 and 7 hosts (windows only centred on the photo), 17 clean photos
     flagged. A window on the photo sees neither."""
-    b, rows, cols = shape
+    _, rows, cols = shape
     h, w = size
     place = torch.as_tensor(np.asarray(photos, dtype=np.float32).reshape(-1, 4), device=device)
-    top = torch.arange(rows, device=device, dtype=torch.float32) + shift
-    left = torch.arange(cols, device=device, dtype=torch.float32) + shift
-    x0, y0, pw, ph = place[:, 0:1], place[:, 1:2], place[:, 2:3], place[:, 3:4]
-    in_y = torch.where(ph >= h, (top[None] >= y0) & (top[None] + h <= y0 + ph), (top[None] + h / 2.0 >= y0) & (top[None] + h / 2.0 <= y0 + ph))
-    in_x = torch.where(pw >= w, (left[None] >= x0) & (left[None] + w <= x0 + pw), (left[None] + w / 2.0 >= x0) & (left[None] + w / 2.0 <= x0 + pw))
+
+    def along(count: int, extent: int, low: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        start = torch.arange(count, device=device, dtype=torch.float32)[None] + shift
+        centre = start + extent / 2.0
+        whole = (start >= low) & (start + extent <= low + length)
+        return torch.where(length >= extent, whole, (centre >= low) & (centre <= low + length))
+
+    in_y = along(rows, h, place[:, 1:2], place[:, 3:4])
+    in_x = along(cols, w, place[:, 0:1], place[:, 2:3])
     return in_y[:, :, None] & in_x[:, None, :]
 
 

@@ -18,6 +18,7 @@ from ssl_guard.detect.mine.plates import Regions, flat_step, plate_groups, smoot
 from ssl_guard.detect.mine.scoring import (
     SCALES,
     SMOOTHED_FROM,
+    ProbeCache,
     acceptable,
     default_min_hosts,
     drop_thin_patterns,
@@ -70,7 +71,12 @@ class MineConfig(pydantic.BaseModel):
         return MineConfig(**values)
 
 
-def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, template: torch.Tensor, config: MineConfig, device: torch.device, tolerance: float, photos: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+# the most memory verification's cached sample may take (`ProbeCache`; 3,000 images at 64 px
+# take 295 MB, on a 108-px native canvas 840 MB)
+CACHE_BYTES = 1 << 30
+
+
+def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, template: torch.Tensor, config: MineConfig, device: torch.device, tolerance: float, photos: np.ndarray | None = None, cache: ProbeCache | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Match `template` in the images `probe` (its first `sampled` rows a random sample of the
     scan, the rest the candidate group's images); the null is fitted on the random sample only.
 
@@ -80,7 +86,7 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
     `null["smoothed"]` says which."""
     # a template under SMOOTHED_FROM px is matched as it is in both forms: match it once
     smoothed = [False, True] if min(template.shape[1:]) >= SMOOTHED_FROM else [False]
-    residual, corner = residuals(images, probe, [template] * len(smoothed), config.batch_size, device, smoothed=smoothed, photos=photos)
+    residual, corner = residuals(images, probe, [template] * len(smoothed), config.batch_size, device, smoothed=smoothed, photos=photos, cache=cache)
     forms = []
     for f in range(len(smoothed)):
         column = residual[:, f]
@@ -215,6 +221,10 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     clock = time.perf_counter()
     advance = stage("mine: verify", min(len(groups), config.max_candidates) + len(plates))
     sample = np.sort(rng.choice(n, min(n, config.probe_images), replace=False))
+    # every template tested is matched against this sample: its float and smoothed pixels are
+    # made once (same results; bench/RESULTS.md, "Verification's sample made once"), unless they
+    # would take more than CACHE_BYTES
+    cache = ProbeCache(images, sample, device, config.batch_size) if 8 * len(sample) * int(np.prod(images.shape[1:])) <= CACHE_BYTES else None
     accepted: list[tuple[Pattern, dict[str, float]]] = []
     report: list[dict] = []
     covered: set[int] = set()
@@ -237,7 +247,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
         for kind, template in seeds:
             if template is None:
                 continue
-            null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device, tolerance, photos)
+            null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device, tolerance, photos, cache)
             hosts = residual < null["threshold"]
             if hosts.sum() < 3:
                 verdict = "seed matches too few images"
@@ -250,7 +260,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
                 if better is None:
                     break
                 distinct = True  # the hosts agree on a block and not around it
-                trial_null, trial_residual, trial_corner = _test_pattern(images, probe, len(sample), n, better, config, device, tolerance, photos)
+                trial_null, trial_residual, trial_corner = _test_pattern(images, probe, len(sample), n, better, config, device, tolerance, photos, cache)
                 trial_hosts = trial_residual < trial_null["threshold"]
                 if trial_hosts.sum() < 3 or (refined is not None and trial_hosts.sum() <= hosts.sum()):
                     break
@@ -291,6 +301,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             rest = np.setdiff1d(group, np.fromiter(covered, np.int64, len(covered)))
             if not remainder and len(rest) >= 3:
                 queue.insert(0, (rest, True, None))
+    del cache
     seconds["verify"] = time.perf_counter() - clock
     details = {"candidates": report, "keypoints": len(points), "pairs": len(a), "mined_images": len(mined), "tolerance": tolerance}
 

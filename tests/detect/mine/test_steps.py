@@ -423,6 +423,38 @@ def test_the_fft_correlation_is_the_direct_convolution():
     assert 3 * 4 * 38 * 33 < FFT_FROM * 40 * 36 <= 13 * 12 * 28 * 25
 
 
+def test_the_fft_at_a_smooth_length_is_the_direct_convolution_on_prime_sizes():
+    from ssl_guard.detect.mine.scoring import cross_correlation, fft_size
+
+    assert [fft_size(n) for n in (1, 7, 11, 64, 97, 107, 113)] == [1, 7, 12, 64, 98, 108, 120]
+    images = torch.rand(3, 3, 37, 41, generator=torch.Generator().manual_seed(1))  # two primes
+    templates = torch.rand(4, 3, 15, 13, generator=torch.Generator().manual_seed(2))
+    direct = torch.nn.functional.conv2d(images, templates)
+    out = cross_correlation(images, templates)
+    assert out.shape == direct.shape
+    assert torch.allclose(out, direct, atol=1e-4, rtol=1e-5)
+
+
+def test_a_cached_probe_sample_gives_the_residuals_computed_without_it():
+    from ssl_guard.detect.mine.scoring import ProbeCache, residuals
+
+    images = _noise_images(60, size=32, seed=4)
+    sample = np.array([3, 7, 8, 20, 21, 22, 40, 41, 50], dtype=np.int64)
+    probe = np.concatenate([sample, [1, 2, 59]])
+    cache = ProbeCache(images, sample, torch.device("cpu"), batch_size=4)
+    rng = np.random.default_rng(0)
+    templates = [torch.from_numpy(images[5, :, 4:14, 6:15].astype(np.float32) / 255.0), torch.from_numpy(rng.random((3, 8, 8), dtype=np.float32))]
+    # batches of 4 cross the cached prefix's end (9 rows): rows 8-11 mix cached and computed pixels
+    plain = residuals(images, probe, templates, 4, torch.device("cpu"), smoothed=[False, True])
+    cached = residuals(images, probe, templates, 4, torch.device("cpu"), smoothed=[False, True], cache=cache)
+    for a, b in zip(plain, cached):
+        np.testing.assert_array_equal(a, b)
+    assert cache.covers(probe) and not cache.covers(probe[::-1])
+    # rows that do not begin with the cached ones are computed as they are
+    other = np.array([5, 3, 7])
+    np.testing.assert_array_equal(residuals(images, other, templates, 4, torch.device("cpu"), cache=cache)[0], residuals(images, other, templates, 4, torch.device("cpu"))[0])
+
+
 def test_hosts_that_are_copies_of_one_photo_are_told_from_unrelated_hosts():
     from ssl_guard.detect.mine.scoring import one_photo_repeated, thumbnails
 

@@ -48,11 +48,13 @@ def match_residual(images: torch.Tensor, template: torch.Tensor) -> torch.Tensor
 
 
 # FFT correlation costs about the same whatever the template's size; a direct convolution grows
-# with h * w * (H - h + 1) * (W - w + 1). Measured on one thread (256 images at 64 px, 4 phases of
-# a 14 x 15 template): 0.091 s direct, 0.032 s through the FFT, i.e. the FFT's cost is that of a
-# direct convolution with about 46 multiply-adds per image pixel; above 64 the FFT is used
-# (bench/RESULTS.md, "One photo repeated, the flat-noise floor, the FFT, ...", change 5).
-FFT_FROM = 64
+# with h * w * (H - h + 1) * (W - w + 1). Measured on one thread (256 images, 4 phases of a
+# square template; two other jobs on the 2-core machine; bench/RESULTS.md, "Verification's
+# sample made once"): at 64 px the FFT is faster from about 18 multiply-adds per image pixel (a
+# 5 x 5 template: 1.41x; 4 x 4: 0.87x), at 108 px from about 40 (8 x 8: 1.26x; 6 x 6: 0.97x).
+# Above FFT_FROM the FFT is used: the first line was at 64 (a 14 x 15 template, session
+# 2026-12-03 e), which kept templates up to 8 x 8 on the slower direct path at 64 px.
+FFT_FROM = 24
 
 
 def fft_size(n: int) -> int:

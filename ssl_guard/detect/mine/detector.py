@@ -224,7 +224,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     # every template tested is matched against this sample: its float and smoothed pixels are
     # made once (same results; bench/RESULTS.md, "Verification's sample made once"), unless they
     # would take more than CACHE_BYTES
-    cache = ProbeCache(images, sample, device, config.batch_size) if 8 * len(sample) * int(np.prod(images.shape[1:])) <= CACHE_BYTES else None
+    cache = ProbeCache(images, sample, device, config.batch_size) if ProbeCache.nbytes(len(sample), images.shape[1:]) <= CACHE_BYTES else None
     accepted: list[tuple[Pattern, dict[str, float]]] = []
     report: list[dict] = []
     covered: set[int] = set()

@@ -97,27 +97,38 @@ def cross_correlation(images: torch.Tensor, templates: torch.Tensor) -> torch.Te
 
 class ProbeCache:
     """The float and smoothed pixels of a fixed set of rows (verification's random sample, matched
-    against every candidate's templates), computed once instead of once per template tested.
-    `residuals` uses it when its `rows` begin with these rows. Memory: 2 x 4 bytes per pixel
-    and channel of the rows (3,000 images at 64 px: 295 MB)."""
+    against every candidate's templates), computed once instead of once per template tested, on
+    first use (a scan with no candidate to verify never makes them). `residuals` uses it when its
+    `rows` begin with these rows. Memory: `nbytes` (3,000 images at 64 px: 295 MB)."""
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, device: torch.device, batch_size: int = 256):
-        self.rows = np.asarray(rows)
-        chunks = [as_float(images[self.rows[s : s + batch_size]], device) for s in range(0, len(self.rows), batch_size)]
-        self.pixels = torch.cat(chunks) if chunks else torch.zeros((0, *images.shape[1:]), device=device)
+        self.images, self.rows, self.device, self.batch_size = images, np.asarray(rows), device, batch_size
+        self.pixels: torch.Tensor | None = None
+        self.smoothed: torch.Tensor | None = None
+
+    @staticmethod
+    def nbytes(count: int, image_shape: tuple[int, ...]) -> int:
+        """What the cache of `count` images of `image_shape` (C, H, W) holds: two float32 copies."""
+        return 2 * 4 * count * int(np.prod(image_shape))
+
+    def _fill(self) -> None:
+        chunks = [as_float(self.images[self.rows[s : s + self.batch_size]], self.device) for s in range(0, len(self.rows), self.batch_size)]
+        self.pixels = torch.cat(chunks) if chunks else torch.zeros((0, *self.images.shape[1:]), device=self.device)
         self.smoothed = torch.cat([smooth(c) for c in chunks]) if chunks else self.pixels.clone()
 
     def covers(self, rows: np.ndarray) -> bool:
         return len(rows) >= len(self.rows) and np.array_equal(rows[: len(self.rows)], self.rows)
 
-    def batch(self, images: np.ndarray, rows: np.ndarray, start: int, stop: int, smoothed: bool, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rows `start:stop` of `rows` as float pixels, and smoothed if asked: cached where they
-        fall in the cached prefix, computed for the rest."""
+    def batch(self, rows: np.ndarray, start: int, stop: int, smoothed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows `start:stop` of `rows` (which `covers`) as float pixels, and smoothed if asked:
+        cached where they fall in the cached prefix, computed for the rest."""
+        if self.pixels is None:
+            self._fill()
         cut = min(stop, len(self.rows))
         pixels = [self.pixels[start:cut]] if start < cut else []
         blurred = [self.smoothed[start:cut]] if smoothed and start < cut else []
         if stop > cut:
-            extra = as_float(images[rows[max(start, cut) : stop]], device)
+            extra = as_float(self.images[rows[max(start, cut) : stop]], self.device)
             pixels.append(extra)
             if smoothed:
                 blurred.append(smooth(extra))
@@ -184,11 +195,12 @@ def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor
     out = np.full((len(rows), len(templates)), np.inf, np.float32)
     corner = np.zeros((len(rows), len(templates), 2), np.int32)
     forms = [matched_form(t.to(device), bool(smoothed[i]) if smoothed is not None else False) for i, t in enumerate(templates)]
+    want_smoothed = any(f[1] for f in forms)
+    cached = cache is not None and cache.covers(rows)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        want_smoothed = any(f[1] for f in forms)
-        if cache is not None and cache.covers(rows):
-            pixels, smoothed_pixels = cache.batch(images, rows, start, start + len(chunk), want_smoothed, device)
+        if cached:
+            pixels, smoothed_pixels = cache.batch(rows, start, start + len(chunk), want_smoothed)
         else:
             pixels = as_float(images[chunk], device)
             smoothed_pixels = smooth(pixels) if want_smoothed else None

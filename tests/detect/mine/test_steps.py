@@ -504,3 +504,24 @@ def test_the_flat_noise_floor_is_what_a_flat_window_plus_aligned_noise_scores():
     assert abs(float(match_residual(window[None], pale).min()) - floor) < 1e-4
     # noise larger than the template itself: no floor
     assert flat_noise_floor(pale, 0.2, False) == 0.0
+
+
+def test_match_residual_is_its_formula_window_by_window():
+    """Both correlation paths: a 4 x 5 template goes through the direct convolution, a 9 x 9 one on
+    20 x 20 images through the FFT (`FFT_FROM`)."""
+    from ssl_guard.detect.mine.scoring import FFT_FROM, _residuals_of
+
+    assert 4 * 5 * 9 * 7 < FFT_FROM * 12 * 11 and 9 * 9 * 12 * 12 >= FFT_FROM * 20 * 20
+    for (H, W), (h, w) in (((12, 11), (4, 5)), ((20, 20), (9, 9))):
+        images = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(5))
+        templates = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(6))
+        out = _residuals_of(images, templates)
+        assert out.shape == (2, 2, H - h + 1, W - w + 1)
+        for b in range(2):
+            for k in range(2):
+                t = templates[k]
+                spread = ((t - t.mean(dim=(1, 2), keepdim=True)) ** 2).sum()
+                for y in range(H - h + 1):
+                    for x in range(W - w + 1):
+                        expected = ((images[b, :, y : y + h, x : x + w] - t) ** 2).sum() / spread
+                        assert abs(float(out[b, k, y, x]) - float(expected)) < 1e-4

@@ -7,7 +7,7 @@
 
 A dataset is `<condition>/<seed>`. The condition fixes the base data (Imagenette val resized to 64 px,
 Imagenette val at its 224 px, or CIFAR-10 test at 32 px), the trigger kind (blend or CTRL), the rate
-and the storage (PNG, JPEG q95 with 4:4:4 chroma, JPEG q90 with 4:2:0 chroma). The seed draws the
+and the storage (PNG; JPEG q95, q90 or q75 with 4:4:4 chroma; JPEG q90 with 4:2:0 chroma). The seed draws the
 rest through `ssl_guard.attacks.global_families`: for blends the family (seed mod 4: noise,
 stripes, sig, photo), the pattern and alpha in 0.05-0.2; for CTRL the window (8/16/32), magnitude
 (30-100) and coefficient spots; and for both the target class and the poisoned images. Every image
@@ -47,7 +47,7 @@ from ssl_guard.attacks.global_families import BLEND_FAMILIES, make_global_trigge
 from ssl_guard.attacks.truth import TruthRow, write_truth  # noqa: E402
 
 WORK = ROOT / "work"
-STORAGE = {"png": None, "q95": (95, 0), "q90s": (90, 2)}  # (quality, PIL subsampling: 0 = 4:4:4, 2 = 4:2:0)
+STORAGE = {"png": None, "q95": (95, 0), "q90": (90, 0), "q75": (75, 0), "q90s": (90, 2)}  # (quality, PIL subsampling: 0 = 4:4:4, 2 = 4:2:0)
 
 
 def _conditions() -> dict[str, dict]:

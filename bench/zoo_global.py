@@ -59,7 +59,8 @@ def _conditions() -> dict[str, dict]:
             out[f"{kind}-{tag}-png"] = {"base": "imagenette-val", "side": 64, "kind": kind, "rate": rate, "storage": "png"}
         out[f"cifar-{kind}-1pct-png"] = {"base": "cifar-test", "side": 32, "kind": kind, "rate": 0.01, "storage": "png"}
     out["blend224-1pct-q95"] = {"base": "imagenette-val", "side": 224, "kind": "blend", "rate": 0.01, "storage": "q95"}
-    out["clean-png"] = {"base": "imagenette-val", "side": 64, "kind": "clean", "rate": 0.0, "storage": "png"}
+    for store in ("png", "q90", "q75"):
+        out[f"clean-{store}"] = {"base": "imagenette-val", "side": 64, "kind": "clean", "rate": 0.0, "storage": store}
     out["benign-cast-png"] = {"base": "imagenette-val", "side": 64, "kind": "cast", "rate": 0.0, "storage": "png"}
     out["benign-vignette-png"] = {"base": "imagenette-val", "side": 64, "kind": "vignette", "rate": 0.0, "storage": "png"}
     return out

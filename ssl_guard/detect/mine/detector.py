@@ -36,6 +36,7 @@ from ssl_guard.detect.mine.scoring import (
     prevalence_guard,
     residuals,
     scaled,
+    screen_threshold,
     variant_threshold,
 )
 from ssl_guard.detect.result import Detection, TriggerPattern
@@ -53,6 +54,7 @@ class MineConfig(pydantic.BaseModel):
     window: float = pydantic.Field(0.14, gt=0, le=0.5, description="half-side of the agreement window, share of the scan side")
     mining_images: int = pydantic.Field(20_000, ge=100, description="images sampled for mining; the rest are only scored")
     probe_images: int = pydantic.Field(3_000, ge=100, description="random images each candidate template is matched in while it is tested (with its group's own)")
+    screen_images: int = pydantic.Field(750, ge=0, description="images of that sample a seed is first matched in, to reject it early when even a looser line finds too few hosts (a cost budget; 0: no screen)")
     max_candidates: int = pydantic.Field(12, ge=1, description="candidate groups extracted and tested")
     plate_candidates: int = pydantic.Field(4, ge=0, description="candidate groups of repeated smooth regions (plates, gradients) tested besides them")
     min_hosts: int | None = pydantic.Field(None, ge=3, description="fewest hosts a pattern needs; default 0.1% of the data, at least 5")
@@ -76,17 +78,25 @@ class MineConfig(pydantic.BaseModel):
 CACHE_BYTES = 1 << 30
 
 
-def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, template: torch.Tensor, config: MineConfig, device: torch.device, tolerance: float, photos: np.ndarray | None = None, cache: ProbeCache | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, template: torch.Tensor, config: MineConfig, device: torch.device, tolerance: float, photos: np.ndarray | None = None, cache: ProbeCache | None = None, known: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Match `template` in the images `probe` (its first `sampled` rows a random sample of the
     scan, the rest the candidate group's images); the null is fitted on the random sample only.
 
     Both matched forms (`scoring.matched_form`: pixels as they are, and smoothed) are tested; the
     smoothed one is kept when its null leaves more hosts below the threshold and the template
     stays acceptable in that form (threshold under 1, look-alike band no fuller than allowed).
-    `null["smoothed"]` says which."""
+    `null["smoothed"]` says which. `known`: rows, residuals and corners already computed for
+    this template (by `_screen`), which are not matched again."""
     # a template under SMOOTHED_FROM px is matched as it is in both forms: match it once
     smoothed = [False, True] if min(template.shape[1:]) >= SMOOTHED_FROM else [False]
-    residual, corner = residuals(images, probe, [template] * len(smoothed), config.batch_size, device, smoothed=smoothed, photos=photos, cache=cache)
+    residual = np.empty((len(probe), len(smoothed)), np.float32)
+    corner = np.empty((len(probe), len(smoothed), 2), np.int32)
+    where = _positions(known[0], probe) if known is not None else np.full(len(probe), -1)
+    seen = where >= 0
+    if seen.any():
+        residual[seen], corner[seen] = known[1][where[seen]], known[2][where[seen]]
+    if not seen.all():
+        residual[~seen], corner[~seen] = residuals(images, probe[~seen], [template] * len(smoothed), config.batch_size, device, smoothed=smoothed, photos=photos, cache=cache)
     forms = []
     for f in range(len(smoothed)):
         column = residual[:, f]
@@ -108,6 +118,34 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
     if len(forms) == 2 and acceptable(forms[1][0], limit) and (not acceptable(forms[0][0], limit) or forms[1][0]["hosts"] > forms[0][0]["hosts"]):
         return forms[1]
     return forms[0]
+
+
+def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Where each of `wanted` lies in `rows` (distinct), -1 where it is not there."""
+    if len(rows) == 0:
+        return np.full(len(wanted), -1, np.int64)
+    order = np.argsort(rows, kind="stable")
+    at = np.clip(np.searchsorted(rows, wanted, sorter=order), 0, len(rows) - 1)
+    return np.where(rows[order[at]] == wanted, order[at], -1)
+
+
+def _screen(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, full_sample: int, template: torch.Tensor, config: MineConfig, device: torch.device, photos: np.ndarray | None = None, cache: ProbeCache | None = None) -> tuple[bool, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Whether a seed template may have the 3 hosts its full test needs (`_test_pattern`).
+
+    `probe`: its first `sampled` rows a random subset of the full test's sample of `full_sample`
+    images, the rest the candidate group's images. In each matched form the line is the looser
+    `scoring.screen_threshold`, no pixel-agreement test is applied (it only removes hosts), and
+    the subset's hosts are scaled up to the full sample. False (reject) only when no form reaches
+    3. Also returns the rows, residuals and corners it computed, which the full test reuses."""
+    smoothed = [False, True] if min(template.shape[1:]) >= SMOOTHED_FROM else [False]
+    residual, corner = residuals(images, probe, [template] * len(smoothed), config.batch_size, device, smoothed=smoothed, photos=photos, cache=cache)
+    passed = False
+    for f in range(len(smoothed)):
+        column = residual[:, f]
+        line = screen_threshold(column[:sampled], config.alpha, total, full_sample)
+        found = (column[:sampled] < line).sum() * full_sample / max(1, sampled) + (column[sampled:] < line).sum()
+        passed = passed or found >= 3
+    return passed, (probe, residual, corner)
 
 
 def _inside_frame(corners: np.ndarray, h: int, w: int, size: int) -> np.ndarray:
@@ -225,6 +263,9 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     # made once (same results; bench/RESULTS.md, "Verification's sample made once"), unless they
     # would take more than CACHE_BYTES
     cache = ProbeCache(images, sample, device, config.batch_size) if ProbeCache.nbytes(len(sample), images.shape[1:]) <= CACHE_BYTES else None
+    # a seed is first matched in an even subset of that sample (itself random), and rejected
+    # there when even a looser line finds too few hosts (`_screen`)
+    screened = sample[:: max(1, -(-len(sample) // config.screen_images))] if 0 < config.screen_images < len(sample) else None
     accepted: list[tuple[Pattern, dict[str, float]]] = []
     report: list[dict] = []
     covered: set[int] = set()
@@ -247,7 +288,13 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
         for kind, template in seeds:
             if template is None:
                 continue
-            null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device, tolerance, photos, cache)
+            known = None
+            if screened is not None:
+                passed, known = _screen(images, np.concatenate([screened, np.setdiff1d(group, screened)]), len(screened), n, len(sample), template, config, device, photos, cache)
+                if not passed:
+                    verdict = "seed matches too few images"
+                    continue
+            null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device, tolerance, photos, cache, known)
             hosts = residual < null["threshold"]
             if hosts.sum() < 3:
                 verdict = "seed matches too few images"

@@ -98,13 +98,16 @@ def cross_correlation(images: torch.Tensor, templates: torch.Tensor) -> torch.Te
 class ProbeCache:
     """The float and smoothed pixels of a fixed set of rows (verification's random sample, matched
     against every candidate's templates), computed once instead of once per template tested, on
-    first use (a scan with no candidate to verify never makes them). `residuals` uses it when its
-    `rows` begin with these rows. Memory: `nbytes` (3,000 images at 64 px: 295 MB)."""
+    first use (a scan with no candidate to verify never makes them). `residuals` takes the cached
+    rows' pixels from it, in any order and mixed with other rows, and computes the rest. Memory:
+    `nbytes` (3,000 images at 64 px: 295 MB)."""
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, device: torch.device, batch_size: int = 256):
-        self.images, self.rows, self.device, self.batch_size = images, np.asarray(rows), device, batch_size
+        self.images, self.rows, self.device, self.batch_size = images, np.asarray(rows, np.int64), device, batch_size
         self.pixels: torch.Tensor | None = None
         self.smoothed: torch.Tensor | None = None
+        self.lookup = np.full(int(self.rows.max()) + 1 if len(self.rows) else 0, -1, np.int64)
+        self.lookup[self.rows] = np.arange(len(self.rows))
 
     @staticmethod
     def nbytes(count: int, image_shape: tuple[int, ...]) -> int:
@@ -116,23 +119,37 @@ class ProbeCache:
         self.pixels = torch.cat(chunks) if chunks else torch.zeros((0, *self.images.shape[1:]), device=self.device)
         self.smoothed = torch.cat([smooth(c) for c in chunks]) if chunks else self.pixels.clone()
 
-    def covers(self, rows: np.ndarray) -> bool:
-        return len(rows) >= len(self.rows) and np.array_equal(rows[: len(self.rows)], self.rows)
+    def positions(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's place in the cache, -1 where it is not cached."""
+        rows = np.asarray(rows, np.int64)
+        where = np.full(len(rows), -1, np.int64)
+        inside = rows < len(self.lookup)
+        where[inside] = self.lookup[rows[inside]]
+        return where
 
-    def batch(self, rows: np.ndarray, start: int, stop: int, smoothed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rows `start:stop` of `rows` (which `covers`) as float pixels, and smoothed if asked:
-        cached where they fall in the cached prefix, computed for the rest."""
+    def batch(self, rows: np.ndarray, smoothed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`rows` as float pixels, and smoothed if asked: cached rows taken from the cache, the
+        others computed."""
         if self.pixels is None:
             self._fill()
-        cut = min(stop, len(self.rows))
-        pixels = [self.pixels[start:cut]] if start < cut else []
-        blurred = [self.smoothed[start:cut]] if smoothed and start < cut else []
-        if stop > cut:
-            extra = as_float(self.images[rows[max(start, cut) : stop]], self.device)
-            pixels.append(extra)
+        where = self.positions(rows)
+        cached = where >= 0
+        if cached.all():
+            index = torch.from_numpy(where).to(self.pixels.device)
+            return self.pixels.index_select(0, index), (self.smoothed.index_select(0, index) if smoothed else None)
+        pixels = torch.empty((len(rows), *self.pixels.shape[1:]), dtype=self.pixels.dtype, device=self.pixels.device)
+        blurred = torch.empty_like(pixels) if smoothed else None
+        hit, miss = torch.from_numpy(np.nonzero(cached)[0]).to(pixels.device), np.nonzero(~cached)[0]
+        if len(hit):
+            index = torch.from_numpy(where[cached]).to(pixels.device)
+            pixels[hit] = self.pixels.index_select(0, index)
             if smoothed:
-                blurred.append(smooth(extra))
-        return torch.cat(pixels), (torch.cat(blurred) if smoothed else None)
+                blurred[hit] = self.smoothed.index_select(0, index)
+        extra = as_float(self.images[np.asarray(rows)[miss]], self.device)
+        pixels[torch.from_numpy(miss).to(pixels.device)] = extra
+        if smoothed:
+            blurred[torch.from_numpy(miss).to(pixels.device)] = smooth(extra)
+        return pixels, blurred
 
 
 def _residuals_of(images: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
@@ -191,16 +208,15 @@ def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor
     coordinates (the smoothed form's offset undone, clipped to the image). `smoothed[t]`: match
     template t in its smoothed form (`matched_form`); default: every template as it is.
     `photos` (N, 4) x0, y0, w, h: only windows on the image's photo count (`on_photo`).
-    `cache`: the pixels of a prefix of `rows`, computed once (`ProbeCache`); same results."""
+    `cache`: the pixels of some of `rows`, computed once (`ProbeCache`); same results."""
     out = np.full((len(rows), len(templates)), np.inf, np.float32)
     corner = np.zeros((len(rows), len(templates), 2), np.int32)
     forms = [matched_form(t.to(device), bool(smoothed[i]) if smoothed is not None else False) for i, t in enumerate(templates)]
     want_smoothed = any(f[1] for f in forms)
-    cached = cache is not None and cache.covers(rows)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        if cached:
-            pixels, smoothed_pixels = cache.batch(rows, start, start + len(chunk), want_smoothed)
+        if cache is not None:
+            pixels, smoothed_pixels = cache.batch(chunk, want_smoothed)
         else:
             pixels = as_float(images[chunk], device)
             smoothed_pixels = smooth(pixels) if want_smoothed else None
@@ -345,6 +361,25 @@ def null_threshold(residual: np.ndarray, alpha: float, total: int | None = None,
     expected = len(residual) * (null.cdf(-0.75 * z) - null.cdf(-z))
     excess = max(0.0, band - expected) * total / max(1, len(residual))
     return {"threshold": float(math.exp(cut)), "bulk_median": float(math.exp(median)), "bulk_spread": spread, "z": float(z), "hosts": float(hosts), "lookalike_ratio": excess / max(hosts, 1)}
+
+
+def screen_threshold(residual: np.ndarray, alpha: float, total: int, full_sample: int, margin: float = 3.0) -> float:
+    """A looser host line, for a screen on a small random sample before a template's full test.
+
+    `null_threshold`'s line is median − z · spread of the log residuals. Fitted on m images, the
+    median and the MAD's spread have sampling errors of about 1.2533 σ / √m and 1.1664 σ / √m (a
+    normal bulk's asymptotics), so the line's error is σ · √(1.571 + 1.3605 z²) / √m. The screen's
+    line lies `margin` such errors above the full test's (those of the screen's m images and of
+    the full test's `full_sample` images, in quadrature): an image under the full test's line is
+    under this one unless the two fits differ by more than three of their standard errors. Used
+    to reject a seed early, never to accept one (`detector._screen`)."""
+    logs = np.log(np.maximum(residual, 1e-6))
+    median = float(np.median(logs))
+    spread = float(1.4826 * np.median(np.abs(logs - median))) or 1e-6
+    z = NormalDist().inv_cdf(1 - alpha / max(2, total))
+    per_image = math.sqrt(1.571 + 1.3605 * z * z)
+    error = per_image * math.sqrt(1.0 / max(1, len(residual)) + 1.0 / max(1, full_sample))
+    return float(math.exp(median - (z - margin * error) * spread))
 
 
 def host_threshold(residual: np.ndarray, threshold: float, flat: float = 1.0, grid: int = 2048) -> dict[str, float]:

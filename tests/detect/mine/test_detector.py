@@ -40,6 +40,39 @@ def test_planted_patch_is_localised_and_flagged_and_clean_images_are_not(planted
     assert pattern.evidence["host_residual"] < 0.25 * pattern.evidence["threshold"]
 
 
+def test_the_early_screen_rejects_a_seed_only_where_the_full_test_finds_too_few_hosts():
+    from ssl_guard.detect.mine.detector import _screen, _test_pattern
+    from ssl_guard.detect.mine.edits import as_float
+
+    config, cpu = MineConfig(), torch.device("cpu")
+    images, truth, boxes = planted_patch_images(1200, 40, seed=6)
+    sample = np.arange(0, 1200, 2)  # the full test's random sample (600), its screen every 4th
+    screened = sample[::4]
+
+    def both(group: np.ndarray, box) -> tuple[bool, int]:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        template = as_float(images[group[-1] : group[-1] + 1, :, y0:y1, x0:x1])[0].contiguous()
+        probe = np.concatenate([sample, np.setdiff1d(group, sample)])
+        null, residual, _ = _test_pattern(images, probe, len(sample), len(images), template, config, cpu, 0.02)
+        screen, known = _screen(images, np.concatenate([screened, np.setdiff1d(group, screened)]), len(screened), len(images), len(sample), template, config, cpu)
+        # the full test, reusing the screen's residuals, decides as it does without them
+        reused, residual_reused, _ = _test_pattern(images, probe, len(sample), len(images), template, config, cpu, 0.02, known=known)
+        assert reused == null and np.array_equal(residual_reused, residual)
+        return screen, int((residual < null["threshold"]).sum())
+
+    # seeds cut from clean scenes (groups of three clean images, a 12-px patch of the last)
+    rng = np.random.default_rng(0)
+    clean = np.nonzero(~truth)[0]
+    outcomes = [both(np.sort(rng.choice(clean, 3, replace=False)), (x, y, x + 12, y + 12)) for x, y in rng.integers(4, 48, (8, 2))]
+    assert all(hosts < 3 for screen, hosts in outcomes if not screen), "a seed the screen rejects fails the full test too"
+    # (on these scenes 6 of the 8 seeds fail the full test; the screen rejects 3 of them early)
+    assert sum(not screen for screen, _ in outcomes) >= 3, "clean seeds are rejected early"
+    # a seed cut from a trigger's copy passes on to the full test, which finds its hosts
+    poisons = np.nonzero(truth)[0]
+    screen, hosts = both(poisons[:3], boxes[poisons[2]])
+    assert screen and hosts >= 15  # about half of the 40 copies lie in the sample
+
+
 def test_an_untargeted_pattern_is_found_and_read_as_untargeted():
     images, truth, _ = planted_patch_images(400, 24, seed=2, spread=True)
     semantic = np.array([0 if i < 100 else 1 + i % 3 for i in range(len(images))])

@@ -21,6 +21,7 @@ from ssl_guard.detect.mine.scoring import (
     prevalence_guard,
     residuals,
     scaled,
+    screen_threshold,
     variant_threshold,
 )
 
@@ -128,6 +129,23 @@ def test_null_threshold_separates_pasted_copies_and_sees_a_continuum():
     continuum = np.concatenate([np.exp(rng.normal(-1.0, 0.3, 300)), bulk])  # look-alikes all the way down
     assert null_threshold(continuum, 0.01)["lookalike_ratio"] > 0.5
     assert null_threshold(bulk, 0.01)["hosts"] <= 2
+
+
+def test_the_screen_line_lies_above_the_full_tests_line_drawn_from_the_same_bulk():
+    rng = np.random.default_rng(3)
+    population = np.exp(rng.normal(-0.5, 0.4, 200_000))
+    full = null_threshold(population[:3000], 0.01, 4000)["threshold"]
+    assert screen_threshold(population[:3000], 0.01, 4000, 3000) > full
+    # over many screens of 750 images and full tests of 3,000, the screen's line falls under the
+    # full test's line only as often as its 3-standard-error margin allows (about 0.1%)
+    below = 0
+    for draw in range(300):
+        rows = rng.choice(len(population), 3750, replace=False)
+        screen = screen_threshold(population[rows[:750]], 0.01, 4000, 3000)
+        below += screen < null_threshold(population[rows[750:]], 0.01, 4000)["threshold"]
+    assert below <= 3
+    # the margin shrinks as the screen's sample grows: the line tends to the full test's
+    assert screen_threshold(population[:150_000], 0.01, 4000, 150_000) < screen_threshold(population[:750], 0.01, 4000, 3000)
 
 
 def test_host_threshold_takes_in_copies_just_above_the_line_and_no_clean_image():
@@ -444,15 +462,15 @@ def test_a_cached_probe_sample_gives_the_residuals_computed_without_it():
     cache = ProbeCache(images, sample, torch.device("cpu"), batch_size=4)
     rng = np.random.default_rng(0)
     templates = [torch.from_numpy(images[5, :, 4:14, 6:15].astype(np.float32) / 255.0), torch.from_numpy(rng.random((3, 8, 8), dtype=np.float32))]
-    # batches of 4 cross the cached prefix's end (9 rows): rows 8-11 mix cached and computed pixels
+    # batches of 4 mix cached and computed rows (rows 8-11: three cached, one not)
     plain = residuals(images, probe, templates, 4, torch.device("cpu"), smoothed=[False, True])
     cached = residuals(images, probe, templates, 4, torch.device("cpu"), smoothed=[False, True], cache=cache)
     for a, b in zip(plain, cached):
         np.testing.assert_array_equal(a, b)
-    assert cache.covers(probe) and not cache.covers(probe[::-1])
-    # rows that do not begin with the cached ones are computed as they are
-    other = np.array([5, 3, 7])
-    np.testing.assert_array_equal(residuals(images, other, templates, 4, torch.device("cpu"), cache=cache)[0], residuals(images, other, templates, 4, torch.device("cpu"))[0])
+    # cached rows in another order, among uncached ones, or none of them
+    for other in (probe[::-1].copy(), np.array([5, 3, 7]), np.array([1, 2, 59])):
+        np.testing.assert_array_equal(residuals(images, other, templates, 4, torch.device("cpu"), cache=cache)[0], residuals(images, other, templates, 4, torch.device("cpu"))[0])
+    np.testing.assert_array_equal(cache.positions(np.array([7, 5, 50, 100])), [1, -1, 8, -1])
 
 
 def test_hosts_that_are_copies_of_one_photo_are_told_from_unrelated_hosts():

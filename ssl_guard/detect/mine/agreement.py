@@ -68,6 +68,18 @@ def _windows(padded: torch.Tensor, size: int, rows: torch.Tensor, x: torch.Tenso
     return window, inside_y[:, :, None] & inside_x[:, None, :]
 
 
+def _centres(padded: torch.Tensor, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor, half: int) -> torch.Tensor:
+    """(n, 3) the bilinear pixel at each sub-pixel (x, y): the centre pixel of `_windows`, by the
+    same arithmetic, without gathering the rest of the window."""
+    x0, y0 = torch.floor(x), torch.floor(y)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    _, height, width, channels = padded.shape
+    col, line = x0.long() + 1 + half, y0.long() + 1 + half
+    flat = padded.reshape(-1, channels)
+    at = lambda dy, dx: flat.index_select(0, (rows * height + line + dy) * width + col + dx)
+    return torch.lerp(torch.lerp(at(0, 0), at(0, 1), fx), torch.lerp(at(1, 0), at(1, 1), fx), fy)
+
+
 def _dilate(region: torch.Tensor) -> torch.Tensor:
     """3 x 3 dilation of a (n, H, W) bool mask (8-connected), by shifted ORs."""
     wide = region.clone()
@@ -94,13 +106,20 @@ def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.n
     padded, size = pad_for_windows(pixels, half), images.shape[-1]
     del pixels  # one float copy of the mined images held through the loop, not two
     px, py = torch.from_numpy(points.x), torch.from_numpy(points.y)
-    evidence = np.zeros(len(a), np.float32)
-    boxes = np.zeros((len(a), 4), np.int32)
     w = 2 * half + 1
-    for start in range(0, len(a), batch):
-        sa, sb = torch.from_numpy(a[start : start + batch]), torch.from_numpy(b[start : start + batch])
-        ra = torch.from_numpy(lookup[points.image[a[start : start + batch]]])
-        rb = torch.from_numpy(lookup[points.image[b[start : start + batch]]])
+    # a pair whose keypoints' own pixels disagree grows no region (it starts there) and scores 0,
+    # with the box of an empty region; only the others are windowed (a small margin on the
+    # tolerance leaves the float rounding of the two computations to the full test)
+    ia, ib = torch.from_numpy(lookup[points.image[a]]), torch.from_numpy(lookup[points.image[b]])
+    centre = (_centres(padded, ia, px[a], py[a], half) - _centres(padded, ib, px[b], py[b], half)).abs().mean(1)
+    live = np.nonzero((centre < tolerance * (1 + 1e-4)).numpy())[0]
+    evidence = np.zeros(len(a), np.float32)
+    boxes = np.tile(np.array([-2, -2, 3, 3], np.int32), (len(a), 1))
+    advance(len(a) - len(live))
+    for start in range(0, len(live), batch):
+        rows = live[start : start + batch]
+        sa, sb = torch.from_numpy(a[rows]), torch.from_numpy(b[rows])
+        ra, rb = ia[rows], ib[rows]
         wa, ina = _windows(padded, size, ra, px[sa], py[sa], half)
         wb, inb = _windows(padded, size, rb, px[sb], py[sb], half)
         valid = ina & inb
@@ -122,7 +141,7 @@ def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.n
         sxy = (r * (gx * gy).sum(1)).sum((1, 2))
         trace, det = sxx + syy, sxx * syy - sxy * sxy
         smaller = trace / 2 - torch.sqrt((trace * trace / 4 - det).clamp_min(0))
-        evidence[start : start + len(sa)] = smaller.clamp_min(0).numpy()
+        evidence[rows] = smaller.clamp_min(0).numpy()
         # the seed box: where the agreeing region's structure is (gradient-weighted centre and
         # spread), not its bounding box, which takes in any flat background that also agrees
         weight = r * ((gx * gx) + (gy * gy)).sum(1)
@@ -133,6 +152,6 @@ def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.n
         sx = ((weight.sum(1) * (idx[None] - cx[:, None]) ** 2).sum(1) / total).sqrt()
         sy = ((weight.sum(2) * (idx[None] - cy[:, None]) ** 2).sum(1) / total).sqrt()
         reach_x, reach_y = (1.5 * sx).clamp_min(2), (1.5 * sy).clamp_min(2)
-        boxes[start : start + len(sa)] = torch.stack([cx - reach_x, cy - reach_y, cx + reach_x + 1, cy + reach_y + 1], 1).round().int().numpy()
+        boxes[rows] = torch.stack([cx - reach_x, cy - reach_y, cx + reach_x + 1, cy + reach_y + 1], 1).round().int().numpy()
         advance(len(sa))
     return evidence, boxes

@@ -8,6 +8,7 @@ import torch
 from ssl_guard.detect.mine.agreement import _dilate, _windows, pad_for_windows, pair_agreement, resampling_tolerance
 from ssl_guard.detect.mine.candidates import triangle_groups
 from ssl_guard.detect.mine.descriptors import Keypoints, describe
+from ssl_guard.detect.mine.edits import smooth
 from ssl_guard.detect.mine.extraction import block_around
 from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.scoring import (
@@ -94,6 +95,28 @@ def test_copies_are_each_others_nearest_keypoints_and_agree_pixel_for_pixel():
     assert both.any()
     # pairs between copies carry far more evidence than any pair that is not
     assert np.quantile(evidence[both], 0.75) > 3 * max(evidence[~both].max(), 1e-6)
+
+
+def test_pairs_whose_keypoint_pixels_disagree_are_skipped_with_the_values_the_full_window_gives():
+    from ssl_guard.detect.mine.agreement import _centres
+
+    images = _noise_images(40, size=48, seed=8)
+    points = describe(images, np.arange(40), 16, 7, 24)
+    a, b, _ = neighbour_pairs(points, 4)
+    tolerance = resampling_tolerance(images, np.arange(40))
+    evidence, boxes = pair_agreement(images, points, a, b, tolerance, 6)
+    padded = pad_for_windows(torch.from_numpy(images.astype(np.float32) / 255), 6)
+    rows = torch.from_numpy(points.image.astype(np.int64))
+    windows, _ = _windows(padded, 48, rows, torch.from_numpy(points.x), torch.from_numpy(points.y), 6)
+    # the centre pixel `_centres` reads is the window's own centre
+    torch.testing.assert_close(_centres(padded, rows, torch.from_numpy(points.x), torch.from_numpy(points.y), 6), windows[:, :, 6, 6])
+    # every pair on independent noise: its keypoints' pixels disagree in most, and those score 0
+    # with an empty region's box, as the window would give them
+    smoothed = smooth(torch.from_numpy(images.astype(np.float32) / 255))
+    centres = _centres(pad_for_windows(smoothed, 6), rows, torch.from_numpy(points.x), torch.from_numpy(points.y), 6)
+    apart = (centres[a] - centres[b]).abs().mean(1).numpy() >= tolerance * (1 + 1e-4)
+    assert apart.mean() > 0.5
+    assert (evidence[apart] == 0).all() and (boxes[apart] == [-2, -2, 3, 3]).all()
 
 
 def test_a_flat_or_one_directional_agreement_is_no_evidence():

@@ -111,8 +111,12 @@ def pair_agreement(images: np.ndarray, points: Keypoints, a: np.ndarray, b: np.n
     # with the box of an empty region; only the others are windowed (a small margin on the
     # tolerance leaves the float rounding of the two computations to the full test)
     ia, ib = torch.from_numpy(lookup[points.image[a]]), torch.from_numpy(lookup[points.image[b]])
-    centre = (_centres(padded, ia, px[a], py[a], half) - _centres(padded, ib, px[b], py[b], half)).abs().mean(1)
-    live = np.nonzero((centre < tolerance * (1 + 1e-4)).numpy())[0]
+    live = []
+    for start in range(0, len(a), 16 * batch):
+        cut = slice(start, start + 16 * batch)
+        centre = (_centres(padded, ia[cut], px[a[cut]], py[a[cut]], half) - _centres(padded, ib[cut], px[b[cut]], py[b[cut]], half)).abs().mean(1)
+        live.append(start + np.nonzero((centre < tolerance * (1 + 1e-4)).numpy())[0])
+    live = np.concatenate(live) if live else np.zeros(0, np.int64)
     evidence = np.zeros(len(a), np.float32)
     boxes = np.tile(np.array([-2, -2, 3, 3], np.int32), (len(a), 1))
     advance(len(a) - len(live))

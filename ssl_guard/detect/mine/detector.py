@@ -136,7 +136,14 @@ def _screen(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, ful
     images, the rest the candidate group's images. In each matched form the line is the looser
     `scoring.screen_threshold`, no pixel-agreement test is applied (it only removes hosts), and
     the subset's hosts are scaled up to the full sample. False (reject) only when no form reaches
-    3. Also returns the rows, residuals and corners it computed, which the full test reuses."""
+    3. Also returns the rows, residuals and corners it computed, which the full test reuses.
+
+    The screen is a sampling shortcut, not a bound: hosts in the part of the sample it does not
+    match are unseen. A seed that its group matches fewer than 3 times and that has h hosts in
+    the rest of the sample is rejected when none of them falls in the subset, with probability
+    about (1 − sampled / full_sample)^h: 0.42 for h = 3 at the defaults, 0.013 for h = 15 (a
+    trigger at 0.5% of the data), 2e-4 for h = 30. A group whose own copies match the seed (3 or
+    more) is never rejected."""
     smoothed = [False, True] if min(template.shape[1:]) >= SMOOTHED_FROM else [False]
     residual, corner = residuals(images, probe, [template] * len(smoothed), config.batch_size, device, smoothed=smoothed, photos=photos, cache=cache)
     passed = False
@@ -292,7 +299,7 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
             if screened is not None:
                 passed, known = _screen(images, np.concatenate([screened, np.setdiff1d(group, screened)]), len(screened), n, len(sample), template, config, device, photos, cache)
                 if not passed:
-                    verdict = "seed matches too few images"
+                    verdict = "seed matches too few images (screened on a subset of the probe)"
                     continue
             null, residual, corner = _test_pattern(images, probe, len(sample), n, template, config, device, tolerance, photos, cache, known)
             hosts = residual < null["threshold"]

@@ -364,21 +364,22 @@ def null_threshold(residual: np.ndarray, alpha: float, total: int | None = None,
 
 
 def screen_threshold(residual: np.ndarray, alpha: float, total: int, full_sample: int, margin: float = 3.0) -> float:
-    """A looser host line, for a screen on a small random sample before a template's full test.
+    """A looser host line, for a screen on a random subset of a template's full-test sample.
 
     `null_threshold`'s line is median − z · spread of the log residuals. Fitted on m images, the
     median and the MAD's spread have sampling errors of about 1.2533 σ / √m and 1.1664 σ / √m (a
     normal bulk's asymptotics), so the line's error is σ · √(1.571 + 1.3605 z²) / √m. The screen's
-    line lies `margin` such errors above the full test's (those of the screen's m images and of
-    the full test's `full_sample` images, in quadrature): an image under the full test's line is
-    under this one unless the two fits differ by more than three of their standard errors. Used
-    to reject a seed early, never to accept one (`detector._screen`)."""
+    m images are a subset of the full test's `full_sample` = M, so the two lines differ by an
+    error of that size with 1/m − 1/M in place of 1/m; the screen's line lies `margin` such errors
+    above the full test's, and an image under the full test's line is under the screen's unless
+    the two fits differ by more than three of their standard errors. Used to reject a seed early,
+    never to accept one (`detector._screen`)."""
     logs = np.log(np.maximum(residual, 1e-6))
     median = float(np.median(logs))
     spread = float(1.4826 * np.median(np.abs(logs - median))) or 1e-6
     z = NormalDist().inv_cdf(1 - alpha / max(2, total))
     per_image = math.sqrt(1.571 + 1.3605 * z * z)
-    error = per_image * math.sqrt(1.0 / max(1, len(residual)) + 1.0 / max(1, full_sample))
+    error = per_image * math.sqrt(max(0.0, 1.0 / max(1, len(residual)) - 1.0 / max(1, full_sample)))
     return float(math.exp(median - (z - margin * error) * spread))
 
 

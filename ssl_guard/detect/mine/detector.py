@@ -20,6 +20,7 @@ from ssl_guard.detect.mine.scoring import (
     SMOOTHED_FROM,
     ProbeCache,
     acceptable,
+    border_cut,
     default_min_hosts,
     drop_thin_patterns,
     expected_host_count,
@@ -368,9 +369,13 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     clock = time.perf_counter()
     templates = [p.template for p, _ in accepted]
     smoothed = [bool(e.get("smoothed", 0.0)) for _, e in accepted]
-    # each pattern at its own scale and at `SCALES`, matched in one pass over the scan
-    forms = [(t, t_index, 1.0) for t_index, t in enumerate(templates)]
+    # each pattern at its own scale, at `SCALES`, and without its one-pixel border (`border_cut`,
+    # where the pattern has one), matched in one pass over the scan; a form's name is its scale,
+    # or "cut"
+    forms: list[tuple[torch.Tensor, int, float | str]] = [(t, t_index, 1.0) for t_index, t in enumerate(templates)]
     forms += [(scaled(t, s), t_index, s) for t_index, t in enumerate(templates) for s in SCALES]
+    forms += [(cut, t_index, "cut") for t_index, t in enumerate(templates) if (cut := border_cut(t, smoothed[t_index])) is not None]
+    variants = np.bincount([f[1] for f in forms[len(accepted):]], minlength=len(accepted))
     residual, corner = residuals(images, np.arange(n), [f[0] for f in forms], config.batch_size, device, stage("mine: score", n), smoothed=[smoothed[f[1]] for f in forms], photos=photos)
     # a smooth pattern's line can reach a flat patch's residual of 1: there, as in verification,
     # only windows that agree with the template pixel for pixel are hosts (`keep_agreeing`)
@@ -389,10 +394,12 @@ def detect_mine(images: np.ndarray, semantic: np.ndarray | None = None, config: 
     lines[: len(accepted)] = [e["threshold"] for _, e in accepted]
     for f in range(len(accepted), len(forms)):
         t = forms[f][1]
-        kept = variant_threshold(residual[:, f], residual[:, t] < lines[t], config.alpha / len(SCALES), config.max_lookalike_ratio)
+        # the false-host budget α is shared by a pattern's variants
+        kept = variant_threshold(residual[:, f], residual[:, t] < lines[t], config.alpha / variants[t], config.max_lookalike_ratio)
         if kept is not None:
             lines[f] = kept["threshold"]
-            accepted[t][1][f"threshold_at_scale_{forms[f][2]:g}"] = kept["threshold"]
+            name = "threshold_cut" if forms[f][2] == "cut" else f"threshold_at_scale_{forms[f][2]:g}"
+            accepted[t][1][name] = kept["threshold"]
             if accepted[t][1].get("structured"):
                 # a smooth pattern's scaled template: the same agreement test
                 residual[:, f] = keep_agreeing(images, np.arange(n), residual[:, f], corner[:, f], forms[f][0], tolerance, float(lines[f]))

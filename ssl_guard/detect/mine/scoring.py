@@ -440,9 +440,27 @@ def scaled(template: torch.Tensor, scale: float) -> torch.Tensor:
     return F.interpolate(template[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
 
 
+def border_cut(template: torch.Tensor, smoothed: bool) -> torch.Tensor | None:
+    """`template` without its one-pixel border, the pattern's *cut* variant in the final scoring,
+    or None where there is none: for a template matched smoothed (`matched_form` already cuts
+    that border) and for one whose cut would be under `SMOOTHED_FROM` px a side.
+
+    A pasted copy's outermost pixels are where the host bleeds in: the resize filter's support
+    and JPEG's chroma subsampling (2 x 2 blocks) mix the host's pixels into the patch's edge, and
+    the more so the smaller the patch is in the stored photo. On CIFAR-10 a 6-px trigger's
+    one-pixel border is a third of its area, and its copies' residuals against the full template
+    spread over the clean tail: dev `opaque-cifar-train-0.1pct/1` (blobs, 50 copies in 50,000
+    images) had 18 copies above the line; without the border, 50 of 50 under it and no clean
+    image (bench/RESULTS.md, "The cut variant")."""
+    if smoothed or min(template.shape[1:]) - 2 < SMOOTHED_FROM:
+        return None
+    return template[:, 1:-1, 1:-1].contiguous()
+
+
 def variant_threshold(residual: np.ndarray, pattern_hosts: np.ndarray, alpha: float, max_lookalike_ratio: float) -> dict[str, float] | None:
-    """The host threshold of a pattern matched at another scale, or None when that variant is not
-    kept. `residual`: the variant's best residual in every image; `pattern_hosts`: the images the
+    """The host threshold of a pattern's variant (matched at another scale, or without its border:
+    `border_cut`), or None when that variant is not kept. `residual`: the variant's best residual
+    in every image; `pattern_hosts`: the images the
     pattern flags at its own scale. The variant gets the scan's own null (Bonferroni at `alpha`,
     the budget shared by the variants) widened to the Bayes line (`host_threshold`), and is kept
     only when it is acceptable as a pattern (`pattern_verdict`: threshold under 1, no look-alike

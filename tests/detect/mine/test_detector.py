@@ -211,3 +211,58 @@ def test_a_smooth_gradient_square_with_no_corner_of_its_own_is_found_through_its
     detection = detect_mine(images, None, MineConfig())
     assert detection.flagged[truth].mean() >= 0.9, f"{detection.flagged[truth].sum()} of 30 flagged"
     assert not detection.flagged[~truth].any()
+
+
+def _with_bled_copies(n: int = 400, regular: int = 30, bled: int = 8, seed: int = 13):
+    """`regular` images with a 12-px trigger pasted as it is, and `bled` whose trigger's
+    one-pixel border is replaced by other content (its negative: the most a host can differ
+    there), as a resize filter or JPEG's chroma subsampling mix the host into a small patch's
+    edge."""
+    from PIL import Image
+
+    from ssl_guard import synthetic
+
+    rng = np.random.default_rng(seed)
+    # a fine random colour code (1-px cells), which smoothing blurs: matched as it is
+    cells = rng.integers(0, 2, (12, 12, 3)) * 200.0 + 30.0
+    trigger = cells.astype(np.float32)
+    images = np.zeros((n, 3, R, R), np.uint8)
+    truth = np.zeros(n, int)  # 0 clean, 1 regular copy, 2 bled copy
+    for i in range(n):
+        scene = np.asarray(synthetic.scene(rng, i % 4, 96).resize((R, R), Image.BILINEAR)).astype(np.float32)
+        if i < regular + bled:
+            y, x = (int(v) for v in rng.integers(8, 44, 2))
+            patch = trigger.copy()
+            if i >= regular:
+                ring = np.ones((12, 12), bool)
+                ring[1:-1, 1:-1] = False
+                patch[ring] = 255 - patch[ring]
+            scene[y : y + 12, x : x + 12] = patch
+            truth[i] = 1 if i < regular else 2
+        images[i] = np.round(scene).astype(np.uint8).transpose(2, 0, 1)
+    return images, truth
+
+
+def test_copies_whose_border_the_host_bled_into_are_flagged_with_the_cut_variant(monkeypatch):
+    from ssl_guard.detect.mine import detector
+
+    images, truth = _with_bled_copies()
+    detection = detect_mine(images, None, MineConfig())
+    assert detection.flagged[truth == 1].all() and detection.flagged[truth == 2].all()
+    assert not detection.flagged[truth == 0].any()
+    assert 0 < detection.bank[0].evidence["threshold_cut"] < 1
+    # without the cut variant the bled copies are missed
+    monkeypatch.setattr(detector, "border_cut", lambda template, smoothed: None)
+    without = detect_mine(images, None, MineConfig())
+    assert without.flagged[truth == 1].all() and not without.flagged[truth == 2].all()
+    assert "threshold_cut" not in without.bank[0].evidence
+
+
+def test_border_cut_only_for_templates_matched_as_they_are_and_large_enough():
+    from ssl_guard.detect.mine.scoring import SMOOTHED_FROM, border_cut
+
+    template = torch.rand(3, 10, SMOOTHED_FROM + 2)
+    cut = border_cut(template, smoothed=False)
+    assert cut.shape == (3, 8, SMOOTHED_FROM) and torch.equal(cut, template[:, 1:-1, 1:-1])
+    assert border_cut(template, smoothed=True) is None  # the smoothed form cuts its border already
+    assert border_cut(torch.rand(3, 10, SMOOTHED_FROM + 1), smoothed=False) is None

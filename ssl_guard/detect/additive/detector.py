@@ -9,7 +9,7 @@ import pydantic
 import torch
 
 from ssl_guard.detect.additive.features import normalized_residuals, views
-from ssl_guard.detect.additive.groups import Group, grow, mirror_threshold, neighbours, project, robust_z, seed_order, trimmed_similarity
+from ssl_guard.detect.additive.groups import Group, grow, lookalike_ratio, mirror_threshold, neighbours, project, robust_z, seed_order, trimmed_similarity
 from ssl_guard.detect.mine.scoring import default_min_hosts
 from ssl_guard.detect.result import Detection, TriggerPattern
 
@@ -361,8 +361,12 @@ def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, conf
     bank, relative, histograms = [], np.zeros_like(z), []
     base_reference = rng.choice(n, min(n, 2000), replace=False)
     for p, (v, group) in enumerate(accepted):
-        threshold, hosts, mirrored = mirror_threshold(z[:, p], config.fdr, config.min_hosts)
-        if not np.isfinite(threshold):  # the sample's excess did not hold on the whole scan
+        threshold, hosts, mirrored = _whole_scan_threshold(z[:, p], config)
+        held = bool(np.isfinite(threshold))
+        if not held:
+            # the mined sample's excess over the mirrored null did not hold on the whole scan: no
+            # threshold qualifies there, so the pattern is reported (scored at the sample's
+            # threshold, for ranking) and not quarantined
             threshold = float(group.threshold)
         relative[:, p] = z[:, p] / threshold
         host_rows = np.nonzero(z[:, p] >= threshold)[0]
@@ -376,7 +380,7 @@ def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, conf
             reference = base_reference
         delta = mean_difference(images, host_rows, reference)
         pixels, gain = _delta_image(delta)
-        evidence = {"view": float(v), "threshold_z": threshold, "hosts": float(len(host_rows)), "fdr": config.fdr, "mirrored_above_threshold": float(mirrored), "amplification": gain}
+        evidence = {"view": float(v), "threshold_z": threshold, "hosts": float(len(host_rows)), "fdr": config.fdr, "mirrored_above_threshold": float(mirrored), "amplification": gain, "held_on_scan": float(held), "lookalike_ratio": lookalike_ratio(z[:, p], threshold)}
         evidence.update(saturation_excess(images, host_rows, reference, np.random.default_rng([config.seed, p]), delta=delta))
         histograms.append(_histogram(z[:, p], threshold))
         pixels = evidence_panel(pixels, histograms[-1])
@@ -391,7 +395,10 @@ def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, conf
     flagged, shares, guard_warnings = prevalence_guard(flagged, which, len(accepted), config.prevalence_guard)
     warnings.extend(guard_warnings)
     for p, pattern in enumerate(bank):
-        if pattern.evidence.get("layout"):
+        if not pattern.evidence["held_on_scan"]:
+            flagged &= which != p
+            warnings.append(f"pattern {p}: found in the mined sample, but on the whole scan no threshold leaves its hosts above the mirrored null at fdr {config.fdr}; not quarantined")
+        elif pattern.evidence.get("layout"):
             flagged &= which != p
             warnings.append(f"pattern {p} is carried by clipped pixels (saturated share {pattern.evidence['saturated_share']:.3f}, above the null's {pattern.evidence['saturated_null']:.3f}): photos sharing a layout (a white or black surround), not an overlay; not quarantined")
     for p, share in enumerate(shares):
@@ -403,6 +410,11 @@ def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, conf
     side = images.shape[-1]
     boxes[flagged] = (0, 0, side, side)  # a global trigger covers the whole image
     return Detection("additive", scores, flagged, boxes, 1.0, bank, {}, seconds, warnings, details)
+
+
+def _whole_scan_threshold(z: np.ndarray, config: AdditiveConfig) -> tuple[float, int, int]:
+    """A pattern's threshold measured again on the whole scan's scores (`mirror_threshold`)."""
+    return mirror_threshold(z, config.fdr, config.min_hosts)
 
 
 def _histogram(z: np.ndarray, threshold: float, bins: int = 24) -> dict[str, list[float] | float]:

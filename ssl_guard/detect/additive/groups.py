@@ -85,6 +85,22 @@ def mirror_threshold(z: np.ndarray, fdr: float, min_hosts: int) -> tuple[float, 
     return float(above[r]), int(pos[r]), int(neg[r])
 
 
+def lookalike_ratio(z: np.ndarray, threshold: float, band: float = 0.75) -> float:
+    """The images just under a pattern's threshold beyond what the mirrored null predicts there,
+    per host: (positives in [band·t, t) − negatives in (−t, −band·t]) / images above t, at least 0.
+
+    The copies of one added signal stand apart from the photos that merely resemble it, so the
+    band under the threshold holds about as many positives as negatives; photos that share a
+    natural property form a continuum that runs from the bulk through the threshold and fills
+    it. The band is `mine`'s look-alike band (z down to 0.75 z, `scoring.null_threshold`)."""
+    if not np.isfinite(threshold) or threshold <= 0:
+        return 0.0
+    hosts = int((z >= threshold).sum())
+    positive = int(((z >= band * threshold) & (z < threshold)).sum())
+    negative = int(((z <= -band * threshold) & (z > -threshold)).sum())
+    return max(0.0, positive - negative) / max(hosts, 1)
+
+
 @dataclass
 class Group:
     """A candidate shared signal: its member rows (of the mined sample) and their direction."""

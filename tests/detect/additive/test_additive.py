@@ -203,3 +203,33 @@ def test_flat_clipped_counts_runs_not_scattered_pixels():
     out = flat_clipped(batch)
     assert out[0].sum() == 3 * 36 and out[0, :, 3:9, 3:9].all()
     assert not out[1].any()
+
+
+def test_a_pattern_whose_excess_does_not_hold_on_the_whole_scan_is_not_quarantined(scenes, monkeypatch):
+    from ssl_guard.detect.additive import detector
+
+    images, classes = scenes
+    poisoned, truth = _poison(images, classes, make_global_trigger("noise", 4, alpha=0.1), 30)
+    # held: the same blend is quarantined, and its evidence says so
+    d = _run(poisoned, classes)
+    assert d.flagged[truth].mean() >= 0.9 and d.bank[0].evidence["held_on_scan"] == 1.0
+    # the whole scan's own mirrored null finds no qualifying threshold (as for a natural group
+    # that the mined sample over-represents): reported, not quarantined
+    monkeypatch.setattr(detector, "_whole_scan_threshold", lambda z, config: (float("inf"), 0, 0))
+    d = _run(poisoned, classes)
+    assert len(d.bank) == 1 and d.bank[0].evidence["held_on_scan"] == 0.0
+    assert not d.flagged.any() and any("whole scan" in w for w in d.warnings)
+    assert auroc(d.scores, truth) > 0.99  # still ranked, for the report
+
+
+def test_lookalike_ratio_separates_apart_copies_from_a_continuum():
+    from ssl_guard.detect.additive.groups import lookalike_ratio
+
+    rng = np.random.default_rng(0)
+    bulk = rng.standard_normal(20_000)
+    apart = np.concatenate([bulk, rng.normal(12, 1, 40)])  # copies far above the line
+    assert lookalike_ratio(apart, 4.5) < 0.1
+    # a heavier positive tail (a natural property shared by some photos): the band fills
+    skewed = np.concatenate([bulk, rng.exponential(1.2, 2_000) + 2.0])
+    assert lookalike_ratio(skewed, 4.5) > 1.0
+    assert lookalike_ratio(apart, float("inf")) == 0.0

@@ -28,6 +28,7 @@ class AdditiveConfig(pydantic.BaseModel):
     min_hosts: int | None = pydantic.Field(None, ge=3, description="fewest hosts a pattern needs; default 0.1% of the data, at least 5")
     mining_images: int = pydantic.Field(10_000, ge=100, description="images whose features are held in memory to find groups; the rest are only scored")
     prevalence_guard: float = pydantic.Field(0.2, gt=0, le=1, description="a pattern in more than this share of the data is reported, not quarantined")
+    max_lookalike_ratio: float = pydantic.Field(0.5, ge=0, description="images just under the threshold beyond the mirrored null, per host; above it, a natural continuum, reported and not quarantined (`mine`'s rule and value)")
     batch_size: int = pydantic.Field(512, ge=1)
     seed: int = 0
 
@@ -398,6 +399,9 @@ def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, conf
         if not pattern.evidence["held_on_scan"]:
             flagged &= which != p
             warnings.append(f"pattern {p}: found in the mined sample, but on the whole scan no threshold leaves its hosts above the mirrored null at fdr {config.fdr}; not quarantined")
+        elif pattern.evidence["lookalike_ratio"] > config.max_lookalike_ratio:
+            flagged &= which != p
+            warnings.append(f"pattern {p}: the band just under its threshold holds {pattern.evidence['lookalike_ratio']:.2f} images per host beyond the mirrored null (at most {config.max_lookalike_ratio:g}): photos sharing a natural property form a continuum there, copies of one added signal stand apart; not quarantined")
         elif pattern.evidence.get("layout"):
             flagged &= which != p
             warnings.append(f"pattern {p} is carried by clipped pixels (saturated share {pattern.evidence['saturated_share']:.3f}, above the null's {pattern.evidence['saturated_null']:.3f}): photos sharing a layout (a white or black surround), not an overlay; not quarantined")

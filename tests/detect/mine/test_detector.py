@@ -266,3 +266,27 @@ def test_border_cut_only_for_templates_matched_as_they_are_and_large_enough():
     assert cut.shape == (3, 8, SMOOTHED_FROM) and torch.equal(cut, template[:, 1:-1, 1:-1])
     assert border_cut(template, smoothed=True) is None  # the smoothed form cuts its border already
     assert border_cut(torch.rand(3, 10, SMOOTHED_FROM + 1), smoothed=False) is None
+
+
+def test_hosts_are_counted_among_all_mined_images_when_the_probe_holds_few():
+    from ssl_guard.detect.mine.detector import _test_pattern, count_mined_hosts
+    from ssl_guard.detect.mine.edits import as_float
+
+    config, cpu = MineConfig(), torch.device("cpu")
+    images, truth, boxes = planted_patch_images(1200, 40, seed=6)
+    poisons = np.nonzero(truth)[0]
+    # a probe sample that holds 2 of the 40 copies, and a group of 3 more
+    clean = np.nonzero(~truth)[0]
+    sample = np.sort(np.concatenate([clean[:400], poisons[:2]]))
+    group = poisons[2:5]
+    probe = np.concatenate([sample, group])
+    x0, y0, x1, y1 = (int(v) for v in boxes[poisons[2]])
+    template = as_float(images[poisons[2] : poisons[2] + 1, :, y0:y1, x0:x1])[0].contiguous()
+    null, residual, _ = _test_pattern(images, probe, len(sample), len(images), template, config, cpu, 0.02)
+    hosts = residual < null["threshold"]
+    assert set(probe[hosts]) == set(poisons[:5])  # the probe sees 5 copies
+    # mined: every image but 100 (10 of them copies): the count finds the other 30 copies there
+    mined = np.sort(np.setdiff1d(np.arange(1200), np.concatenate([clean[-90:], poisons[-10:]])))
+    assert count_mined_hosts(images, probe[hosts], mined, probe, template, null, 0.02, config, cpu) == 30
+    # the same with no mined image outside the probe: only the probe's mined hosts
+    assert count_mined_hosts(images, probe[hosts], probe, probe, template, null, 0.02, config, cpu) == 5

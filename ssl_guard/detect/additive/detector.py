@@ -396,15 +396,17 @@ def detect_additive(images: np.ndarray, semantic: np.ndarray | None = None, conf
     flagged, shares, guard_warnings = prevalence_guard(flagged, which, len(accepted), config.prevalence_guard)
     warnings.extend(guard_warnings)
     for p, pattern in enumerate(bank):
-        if not pattern.evidence["held_on_scan"]:
+        # the patterns reported and not quarantined, each with the reason
+        evidence, refusal = pattern.evidence, None
+        if not evidence["held_on_scan"]:
+            refusal = f"pattern {p}: found in the mined sample, but on the whole scan no threshold leaves its hosts above the mirrored null at fdr {config.fdr}; not quarantined"
+        elif evidence["lookalike_ratio"] > config.max_lookalike_ratio:
+            refusal = f"pattern {p}: the band just under its threshold holds {evidence['lookalike_ratio']:.2f} images per host beyond the mirrored null (at most {config.max_lookalike_ratio:g}): photos sharing a natural property form a continuum there, copies of one added signal stand apart; not quarantined"
+        elif evidence.get("layout"):
+            refusal = f"pattern {p} is carried by clipped pixels (saturated share {evidence['saturated_share']:.3f}, above the null's {evidence['saturated_null']:.3f}): photos sharing a layout (a white or black surround), not an overlay; not quarantined"
+        if refusal is not None:
             flagged &= which != p
-            warnings.append(f"pattern {p}: found in the mined sample, but on the whole scan no threshold leaves its hosts above the mirrored null at fdr {config.fdr}; not quarantined")
-        elif pattern.evidence["lookalike_ratio"] > config.max_lookalike_ratio:
-            flagged &= which != p
-            warnings.append(f"pattern {p}: the band just under its threshold holds {pattern.evidence['lookalike_ratio']:.2f} images per host beyond the mirrored null (at most {config.max_lookalike_ratio:g}): photos sharing a natural property form a continuum there, copies of one added signal stand apart; not quarantined")
-        elif pattern.evidence.get("layout"):
-            flagged &= which != p
-            warnings.append(f"pattern {p} is carried by clipped pixels (saturated share {pattern.evidence['saturated_share']:.3f}, above the null's {pattern.evidence['saturated_null']:.3f}): photos sharing a layout (a white or black surround), not an overlay; not quarantined")
+            warnings.append(refusal)
     for p, share in enumerate(shares):
         bank[p].evidence["flagged_share"] = share
         bank[p].hosts = int((raw_flagged & (which == p)).sum())

@@ -17,13 +17,13 @@ from ssl_guard.detect.mine.matching import neighbour_pairs
 from ssl_guard.detect.mine.plates import Regions, flat_step, plate_groups, smooth_regions
 from ssl_guard.detect.mine.scoring import (
     SCALES,
-    SMOOTHED_FROM,
     ProbeCache,
     acceptable,
     border_cut,
     default_min_hosts,
     drop_thin_patterns,
     expected_host_count,
+    form_flags,
     flat_noise_floor,
     host_concentration,
     host_threshold,
@@ -32,6 +32,7 @@ from ssl_guard.detect.mine.scoring import (
     match_maps,
     null_threshold,
     one_photo_repeated,
+    positions_in,
     thumbnails,
     pattern_verdict,
     prevalence_guard,
@@ -88,11 +89,10 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
     stays acceptable in that form (threshold under 1, look-alike band no fuller than allowed).
     `null["smoothed"]` says which. `known`: rows, residuals and corners already computed for
     this template (by `_screen`), which are not matched again."""
-    # a template under SMOOTHED_FROM px is matched as it is in both forms: match it once
-    smoothed = [False, True] if min(template.shape[1:]) >= SMOOTHED_FROM else [False]
+    smoothed = form_flags(template)
     residual = np.empty((len(probe), len(smoothed)), np.float32)
     corner = np.empty((len(probe), len(smoothed), 2), np.int32)
-    where = _positions(known[0], probe) if known is not None else np.full(len(probe), -1)
+    where = positions_in(known[0], probe) if known is not None else np.full(len(probe), -1)
     seen = where >= 0
     if seen.any():
         residual[seen], corner[seen] = known[1][where[seen]], known[2][where[seen]]
@@ -121,15 +121,6 @@ def _test_pattern(images: np.ndarray, probe: np.ndarray, sampled: int, total: in
     return forms[0]
 
 
-def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Where each of `wanted` lies in `rows` (distinct), -1 where it is not there."""
-    if len(rows) == 0:
-        return np.full(len(wanted), -1, np.int64)
-    order = np.argsort(rows, kind="stable")
-    at = np.clip(np.searchsorted(rows, wanted, sorter=order), 0, len(rows) - 1)
-    return np.where(rows[order[at]] == wanted, order[at], -1)
-
-
 def _screen(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, full_sample: int, template: torch.Tensor, config: MineConfig, device: torch.device, photos: np.ndarray | None = None, cache: ProbeCache | None = None) -> tuple[bool, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Whether a seed template may have the 3 hosts its full test needs (`_test_pattern`).
 
@@ -145,7 +136,7 @@ def _screen(images: np.ndarray, probe: np.ndarray, sampled: int, total: int, ful
     about (1 − sampled / full_sample)^h: 0.42 for h = 3 at the defaults, 0.013 for h = 15 (a
     trigger at 0.5% of the data), 2e-4 for h = 30. A group whose own copies match the seed (3 or
     more) is never rejected."""
-    smoothed = [False, True] if min(template.shape[1:]) >= SMOOTHED_FROM else [False]
+    smoothed = form_flags(template)
     residual, corner = residuals(images, probe, [template] * len(smoothed), config.batch_size, device, smoothed=smoothed, photos=photos, cache=cache)
     passed = False
     for f in range(len(smoothed)):

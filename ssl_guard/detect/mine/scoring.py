@@ -95,6 +95,15 @@ def cross_correlation(images: torch.Tensor, templates: torch.Tensor) -> torch.Te
     return torch.fft.irfft2(spectrum, s=(rows, cols))[:, :, : height - h + 1, : width - w + 1]
 
 
+def positions_in(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Where each of `wanted` lies in `rows` (distinct), -1 where it is not there."""
+    if len(rows) == 0:
+        return np.full(len(wanted), -1, np.int64)
+    order = np.argsort(rows, kind="stable")
+    at = np.clip(np.searchsorted(rows, wanted, sorter=order), 0, len(rows) - 1)
+    return np.where(rows[order[at]] == wanted, order[at], -1)
+
+
 class ProbeCache:
     """The float and smoothed pixels of a fixed set of rows (verification's random sample, matched
     against every candidate's templates), computed once instead of once per template tested, on
@@ -106,8 +115,6 @@ class ProbeCache:
         self.images, self.rows, self.device, self.batch_size = images, np.asarray(rows, np.int64), device, batch_size
         self.pixels: torch.Tensor | None = None
         self.smoothed: torch.Tensor | None = None
-        self.lookup = np.full(int(self.rows.max()) + 1 if len(self.rows) else 0, -1, np.int64)
-        self.lookup[self.rows] = np.arange(len(self.rows))
 
     @staticmethod
     def nbytes(count: int, image_shape: tuple[int, ...]) -> int:
@@ -121,11 +128,7 @@ class ProbeCache:
 
     def positions(self, rows: np.ndarray) -> np.ndarray:
         """Each row's place in the cache, -1 where it is not cached."""
-        rows = np.asarray(rows, np.int64)
-        where = np.full(len(rows), -1, np.int64)
-        inside = rows < len(self.lookup)
-        where[inside] = self.lookup[rows[inside]]
-        return where
+        return positions_in(self.rows, np.asarray(rows, np.int64))
 
     def batch(self, rows: np.ndarray, smoothed: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`rows` as float pixels, and smoothed if asked: cached rows taken from the cache, the
@@ -200,6 +203,12 @@ def matched_form(template: torch.Tensor, smoothed: bool) -> tuple[torch.Tensor, 
     if not smoothed or min(template.shape[1:]) < SMOOTHED_FROM:
         return template, False
     return smooth(template[None])[0, :, 1:-1, 1:-1].contiguous(), True
+
+
+def form_flags(template: torch.Tensor) -> list[bool]:
+    """The forms a template is tested in (`matched_form`): as it is and smoothed, or only as it
+    is under `SMOOTHED_FROM` px a side (both forms would then be the same)."""
+    return [False, True] if min(template.shape[1:]) >= SMOOTHED_FROM else [False]
 
 
 def residuals(images: np.ndarray, rows: np.ndarray, templates: list[torch.Tensor], batch_size: int, device: torch.device, advance: Callable[[int], None] = lambda k: None, smoothed: list[bool] | None = None, photos: np.ndarray | None = None, cache: ProbeCache | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -332,6 +341,15 @@ def keep_agreeing(images: np.ndarray, rows: np.ndarray, residual: np.ndarray, co
     return residual
 
 
+def _log_null(residual: np.ndarray, alpha: float, total: int) -> tuple[np.ndarray, float, float, float]:
+    """The log residuals, their median and MAD spread (the null's log-normal fit), and the
+    Bonferroni z for one false host in `total` images at level `alpha`."""
+    logs = np.log(np.maximum(residual, 1e-6))
+    median = float(np.median(logs))
+    spread = float(1.4826 * np.median(np.abs(logs - median))) or 1e-6
+    return logs, median, spread, NormalDist().inv_cdf(1 - alpha / max(2, total))
+
+
 def null_threshold(residual: np.ndarray, alpha: float, total: int | None = None, others: np.ndarray | None = None) -> dict[str, float]:
     """The host threshold of one pattern from its residuals over a random sample of a scan.
 
@@ -348,11 +366,8 @@ def null_threshold(residual: np.ndarray, alpha: float, total: int | None = None,
     look-alikes fill it.
     """
     total = total or len(residual)
-    logs = np.log(np.maximum(residual, 1e-6))
-    median = float(np.median(logs))
-    spread = float(1.4826 * np.median(np.abs(logs - median))) or 1e-6
+    logs, median, spread, z = _log_null(residual, alpha, total)
     null = NormalDist()
-    z = null.inv_cdf(1 - alpha / max(2, total))
     cut = median - z * spread
     hosts = int((logs < cut).sum()) + (int((np.asarray(others) < math.exp(cut)).sum()) if others is not None else 0)
     # the band just above the threshold (z down to 0.75 z below the bulk): what the null predicts
@@ -374,10 +389,7 @@ def screen_threshold(residual: np.ndarray, alpha: float, total: int, full_sample
     above the full test's, and an image under the full test's line is under the screen's unless
     the two fits differ by more than three of their standard errors. Used to reject a seed early,
     never to accept one (`detector._screen`)."""
-    logs = np.log(np.maximum(residual, 1e-6))
-    median = float(np.median(logs))
-    spread = float(1.4826 * np.median(np.abs(logs - median))) or 1e-6
-    z = NormalDist().inv_cdf(1 - alpha / max(2, total))
+    _, median, spread, z = _log_null(residual, alpha, total)
     per_image = math.sqrt(1.571 + 1.3605 * z * z)
     error = per_image * math.sqrt(max(0.0, 1.0 / max(1, len(residual)) - 1.0 / max(1, full_sample)))
     return float(math.exp(median - (z - margin * error) * spread))
